@@ -1,0 +1,124 @@
+"""The Celery application factory, with a production configuration."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, get_settings
+
+# Modules whose tasks every worker registers.
+TASK_MODULES = [
+    "conveyor.diagnostics.tasks",
+    "conveyor.core.maintenance",
+]
+
+_lock = threading.Lock()
+_app: Celery | None = None
+
+
+def queue_for(task_name: str) -> str:
+    """Each workload has its own queue, so a slow one never starves another."""
+    parts = task_name.split(".")
+    if len(parts) >= 3 and parts[0] == "conveyor" and parts[1] == "workloads":
+        if parts[2] in WORKLOAD_QUEUES:
+            return parts[2]
+    if task_name.startswith("conveyor.webhooks."):
+        return "webhooks"
+    return "default"
+
+
+def route_task(
+    name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **_: Any
+) -> dict[str, str]:
+    # An explicit queue (apply_async(queue=...) or the task's own) wins over the name.
+    explicit = options.get("queue") or getattr(task, "queue", None)
+    return {"queue": explicit or queue_for(name)}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.result_backend,
+        # JSON only: pickle would let anyone who can write to the broker run code in workers.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Acknowledge after the task finishes, so a worker that dies mid-task loses nothing...
+        "task_acks_late": True,
+        # ...including when the child process is killed (OOM, SIGKILL): requeue, not fail.
+        "task_reject_on_worker_lost": True,
+        # A failure or a hard time limit is final: the dead-letter store keeps it, so ack.
+        "task_acks_on_failure_or_timeout": True,
+        # Long tasks: reserve one message per process, so no job sits behind a busy one.
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # Every task gets limits; the soft one raises inside the task so it can clean up.
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "broker_transport_options": {
+            # Redis redelivers an unacknowledged message after this; above any task's limit.
+            "visibility_timeout": settings.visibility_timeout,
+            # How often workers sweep for messages a dead worker held.
+            "unacked_restore_interval": settings.unacked_restore_interval,
+            "unacked_restore_throttle": 1,
+        },
+        # Results in Redis are short-lived; the ledger keeps the durable record.
+        "result_expires": timedelta(seconds=settings.result_expires),
+        # Keep trying to reach the broker at start-up (it may still be booting).
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # With late acks, a lost connection means redelivery: stop the copies running here.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Recycle children to bound slow leaks in task code and libraries.
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child_kib,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": "default",
+        "task_default_routing_key": "default",
+        "task_create_missing_queues": False,
+        "task_routes": (route_task,),
+        # Events on, so Flower and `celery events` work against these workers unchanged.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        # Beat keeps its schedule state with the rest of the local data.
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "beat_schedule": {
+            "purge-dead-letters": {
+                "task": "conveyor.maintenance.purge_dead_letters",
+                "schedule": timedelta(hours=6),
+            },
+        },
+        # Logging is configured by Conveyor, not replaced by Celery.
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("conveyor", include=TASK_MODULES, set_as_current=True)
+    app.conf.update(celery_config(settings))
+    from conveyor.core import signals
+
+    signals.install()
+    return app
+
+
+def get_celery() -> Celery:
+    """The process-wide Celery app, with every Conveyor task registered."""
+    global _app
+    if _app is None:
+        with _lock:
+            if _app is None:
+                app = create_celery_app()
+                app.loader.import_default_modules()
+                _app = app
+    return _app

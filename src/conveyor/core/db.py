@@ -1,0 +1,118 @@
+"""Engines and sessions, one engine per process.
+
+A connection pool must never cross a fork: a prefork worker child that reused its parent's
+sockets would interleave bytes with its siblings. Engines are therefore keyed by process id
+and built lazily in the process that uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from conveyor.core.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, str], Engine] = {}
+_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+
+
+def build_engine(url: str, *, pool_size: int = 5, pool_recycle: int = 1800) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_pre_ping=True,
+        )
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # A connection the server or a proxy dropped is detected before use, not mid-task.
+        pool_pre_ping=True,
+        # Recycle before common idle timeouts (PgBouncer, cloud load balancers) bite.
+        pool_recycle=pool_recycle,
+    )
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes; busy_timeout waits instead of failing.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    settings = settings or get_settings()
+    key = (os.getpid(), settings.database)
+    engine = _engines.get(key)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = build_engine(
+                    settings.database,
+                    pool_size=settings.db_pool_size,
+                    pool_recycle=settings.db_pool_recycle,
+                )
+                _engines[key] = engine
+                _factories[key] = sessionmaker(engine, expire_on_commit=False)
+    return engine
+
+
+def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
+    settings = settings or get_settings()
+    get_engine(settings)
+    return _factories[(os.getpid(), settings.database)]
+
+
+def reset_after_fork() -> None:
+    """Forget engines inherited from a parent process without closing its connections."""
+    pid = os.getpid()
+    with _lock:
+        for key in [k for k in _engines if k[0] != pid]:
+            # close=False: the sockets belong to the parent; closing them here would break it.
+            _engines.pop(key).dispose(close=False)
+            _factories.pop(key, None)
+
+
+def dispose_all() -> None:
+    with _lock:
+        for key in list(_engines):
+            _engines.pop(key).dispose()
+            _factories.pop(key, None)
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    """A session that commits on success, rolls back on error, and is always closed."""
+    session = session_factory(settings)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(settings: Settings | None = None) -> None:
+    with get_engine(settings).connect() as connection:
+        connection.execute(text("SELECT 1"))

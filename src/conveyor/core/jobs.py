@@ -1,0 +1,185 @@
+"""Submitting, cancelling and replaying jobs: the ledger row first, then the message.
+
+The row is committed before the message is published, so a worker never runs a job the
+ledger does not know, and a job the API answered 202 for is always visible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature, _chain, chord, group
+from sqlalchemy.orm import Session
+
+from conveyor.core import ledger
+from conveyor.core.celery_app import get_celery, queue_for
+from conveyor.core.db import session_scope
+from conveyor.core.events import publish_job
+from conveyor.core.models import DeadLetter, Job, JobState, utcnow
+from conveyor.core.redis_client import cancel_key, get_redis
+
+# Headers Conveyor adds to the messages it publishes.
+HEADER_RECORDED = "conveyor_recorded"
+# A cancel flag outlives any job that could still be running (the longest visibility window).
+CANCEL_FLAG_SECONDS = 7 * 24 * 3600
+
+
+@dataclass
+class Submission:
+    task_name: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    queue: str | None = None
+    countdown: float | None = None
+    replay_of: str | None = None
+    job_id: str | None = None
+
+
+def submit(submission: Submission, *, app: Celery | None = None) -> Job:
+    """Record the job, then publish it. Returns the ledger row."""
+    app = app or get_celery()
+    job_id = submission.job_id or str(uuid.uuid4())
+    queue = submission.queue or queue_for(submission.task_name)
+    with session_scope() as session:
+        job = ledger.create_job(
+            session,
+            ledger.NewJob(
+                id=job_id,
+                name=submission.task_name,
+                queue=queue,
+                owner=submission.owner,
+                args=submission.args,
+                kwargs=submission.kwargs,
+                replay_of=submission.replay_of,
+            ),
+        )
+    try:
+        app.send_task(
+            submission.task_name,
+            args=submission.args,
+            kwargs=submission.kwargs,
+            task_id=job_id,
+            queue=queue,
+            countdown=submission.countdown,
+            headers={HEADER_RECORDED: True},
+        )
+    except Exception as exc:
+        # The broker refused it: the ledger must not show a job that will never run.
+        with session_scope() as session:
+            ledger.mark_failed(session, job_id, exc, None, state=JobState.FAILED)
+        raise
+    return job
+
+
+def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:
+    """Cancel a queued or running job. Running tasks stop at their next progress report."""
+    if not ledger.mark_cancelled(session, job.id):
+        return False
+    session.commit()
+    get_redis().set(cancel_key(job.id), "1", ex=CANCEL_FLAG_SECONDS)
+    # Workers drop a revoked message they have not started; the ledger check covers restarts.
+    (app or get_celery()).control.revoke(job.id)
+    session.refresh(job)
+    publish_job(ledger.job_to_dict(job))
+    return True
+
+
+def replay(session: Session, letter: DeadLetter, *, app: Celery | None = None) -> Job:
+    """Enqueue the dead letter's task again as a new job, linked to the old one."""
+    job = submit(
+        Submission(
+            task_name=letter.task_name,
+            args=list(letter.args),
+            kwargs=dict(letter.kwargs),
+            owner=letter.owner,
+            queue=letter.queue,
+            replay_of=letter.job_id,
+        ),
+        app=app,
+    )
+    letter.replayed_job_id = job.id
+    letter.replayed_at = utcnow()
+    session.flush()
+    return job
+
+
+# --- workflows -------------------------------------------------------------------------
+
+
+def _flatten(canvas: Signature, stage: int) -> tuple[list[tuple[Signature, int]], int]:
+    """Every task in a canvas with its stage; returns the next free stage.
+
+    A chain advances the stage per step, a group keeps its members on one stage, and a
+    chord's body comes after its header.
+    """
+    if isinstance(canvas, chord):
+        header, after = _flatten(group(canvas.tasks), stage)
+        body, after = _flatten(canvas.body, after)
+        return header + body, after
+    if isinstance(canvas, _chain):
+        out: list[tuple[Signature, int]] = []
+        for step in canvas.tasks:
+            found, stage = _flatten(step, stage)
+            out.extend(found)
+        return out, stage
+    if isinstance(canvas, group):
+        out = []
+        end = stage
+        for member in canvas.tasks:
+            found, after = _flatten(member, stage)
+            out.extend(found)
+            end = max(end, after)
+        return out, end
+    return [(canvas, stage)], stage + 1
+
+
+def workflow_kind(canvas: Signature) -> str:
+    if isinstance(canvas, chord):
+        return "chord"
+    if isinstance(canvas, _chain):
+        return "chain"
+    if isinstance(canvas, group):
+        return "group"
+    return "task"
+
+
+def submit_workflow(
+    canvas: Signature, *, owner: str | None = None, name: str | None = None
+) -> Job:
+    """Run a chain, group or chord with a parent job whose progress follows its children."""
+    parent_id = str(uuid.uuid4())
+    canvas.freeze()
+    steps, _ = _flatten(canvas, 0)
+    with session_scope() as session:
+        parent = ledger.create_job(
+            session,
+            ledger.NewJob(
+                id=parent_id,
+                name=name or f"workflow.{workflow_kind(canvas)}",
+                queue="-",
+                owner=owner,
+            ),
+        )
+        parent.progress_total = len(steps)
+        for signature, stage in steps:
+            signature_id = signature.options.get("task_id") or signature.id
+            ledger.create_job(
+                session,
+                ledger.NewJob(
+                    id=signature_id,
+                    name=signature.task,
+                    queue=signature.options.get("queue") or queue_for(signature.task),
+                    owner=owner,
+                    args=list(signature.args),
+                    kwargs=dict(signature.kwargs),
+                    parent_id=parent_id,
+                    root_id=parent_id,
+                    workflow_stage=stage,
+                ),
+            )
+    canvas.apply_async(headers={HEADER_RECORDED: True})
+    return parent

@@ -1,0 +1,355 @@
+"""The job ledger: the durable record of every tracked job and its state transitions.
+
+Every transition is a conditional UPDATE, so a late or duplicate signal (a redelivered
+message, a hook that runs after a cancel) can never move a finished job backwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
+from conveyor.core.redaction import redact
+
+MAX_RESULT_BYTES = 16_384
+MAX_TRACEBACK_CHARS = 20_000
+ACTIVE_STATES = (JobState.QUEUED, JobState.STARTED, JobState.RETRYING)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything Conveyor stores is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    stamp = as_utc(value)
+    return stamp.isoformat() if stamp else None
+
+
+def summarize_result(value: Any) -> Any:
+    """A result small enough for the ledger; large results keep a readable preview."""
+    safe = redact(value)
+    encoded = json.dumps(safe, default=str)
+    if len(encoded) <= MAX_RESULT_BYTES:
+        return json.loads(encoded)
+    return {"truncated": True, "preview": encoded[:2000], "size": len(encoded)}
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "queue": job.queue,
+        "state": job.state,
+        "progress": {
+            "current": job.progress_current,
+            "total": job.progress_total,
+            "message": job.progress_message,
+        },
+        "attempts": job.attempts,
+        "result": job.result,
+        "error": (
+            {
+                "type": job.error_type,
+                "message": job.error_message,
+                "traceback": job.error_traceback,
+            }
+            if job.error_type
+            else None
+        ),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "parent_id": job.parent_id,
+        "root_id": job.root_id,
+        "replay_of": job.replay_of,
+        "worker_host": job.worker_host,
+        "args": job.args,
+        "kwargs": job.kwargs,
+    }
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    name: str
+    queue: str
+    owner: str | None = None
+    args: tuple[Any, ...] | list[Any] = ()
+    kwargs: dict[str, Any] | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    workflow_stage: int | None = None
+    replay_of: str | None = None
+    state: JobState = JobState.QUEUED
+
+
+def _row(new: NewJob) -> Job:
+    return Job(
+        id=new.id,
+        name=new.name,
+        queue=new.queue,
+        owner=new.owner,
+        state=new.state,
+        args=redact(list(new.args)),
+        kwargs=redact(dict(new.kwargs or {})),
+        parent_id=new.parent_id,
+        root_id=new.root_id or new.parent_id,
+        workflow_stage=new.workflow_stage,
+        replay_of=new.replay_of,
+        progress_current=0,
+        attempts=0,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+
+
+def create_job(session: Session, new: NewJob) -> Job:
+    job = _row(new)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def ensure_job(session: Session, new: NewJob) -> bool:
+    """Insert the job unless it is already recorded; True when this call inserted it."""
+    if session.get(Job, new.id) is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(_row(new))
+    except IntegrityError:
+        return False
+    return True
+
+
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | None:
+    """The job, or None if it does not exist or belongs to someone else (owner=None: any)."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        return None
+    return job
+
+
+def _transition(session: Session, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+    values.setdefault("updated_at", utcnow())
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(allowed))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> Job | None:
+    """Record an attempt starting. None means the job must not run (cancelled or finished)."""
+    ensure_job(session, new)
+    moved = _transition(
+        session,
+        new.id,
+        ACTIVE_STATES,
+        state=JobState.STARTED,
+        attempts=Job.attempts + 1,
+        started_at=utcnow(),
+        worker_host=worker_host,
+    )
+    if not moved:
+        return None
+    session.expire_all()
+    return session.get(Job, new.id)
+
+
+def mark_progress(
+    session: Session, job_id: str, current: int, total: int | None, message: str | None
+) -> bool:
+    return _transition(
+        session,
+        job_id,
+        (JobState.STARTED,),
+        progress_current=current,
+        progress_total=total,
+        progress_message=(message or None) and message[:500],
+    )
+
+
+def _error_values(exc: BaseException, traceback: str | None) -> dict[str, Any]:
+    return {
+        "error_type": type(exc).__name__,
+        "error_message": str(exc)[:5000] or type(exc).__name__,
+        "error_traceback": traceback[-MAX_TRACEBACK_CHARS:] if traceback else None,
+    }
+
+
+def mark_retrying(session: Session, job_id: str, exc: BaseException, traceback: str | None) -> bool:
+    return _transition(
+        session,
+        job_id,
+        (JobState.STARTED, JobState.QUEUED),
+        state=JobState.RETRYING,
+        **_error_values(exc, traceback),
+    )
+
+
+def mark_succeeded(session: Session, job_id: str, result: Any) -> bool:
+    return _transition(
+        session,
+        job_id,
+        ACTIVE_STATES,
+        state=JobState.SUCCEEDED,
+        result=summarize_result(result),
+        finished_at=utcnow(),
+    )
+
+
+def mark_failed(
+    session: Session,
+    job_id: str,
+    exc: BaseException,
+    traceback: str | None,
+    *,
+    state: JobState = JobState.DEAD,
+) -> bool:
+    return _transition(
+        session,
+        job_id,
+        ACTIVE_STATES,
+        state=state,
+        finished_at=utcnow(),
+        **_error_values(exc, traceback),
+    )
+
+
+def mark_cancelled(session: Session, job_id: str) -> bool:
+    return _transition(
+        session, job_id, ACTIVE_STATES, state=JobState.CANCELLED, finished_at=utcnow()
+    )
+
+
+def cancel_later_stages(session: Session, parent_id: str, after_stage: int) -> int:
+    """In a chain or chord, steps after a failed one will never run: say so."""
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.parent_id == parent_id,
+            Job.workflow_stage > after_stage,
+            Job.state == JobState.QUEUED,
+        )
+        .values(state=JobState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0))
+
+
+def refresh_parent(session: Session, parent_id: str) -> Job | None:
+    """Derive a workflow's state and progress from its children."""
+    parent = session.get(Job, parent_id)
+    if parent is None:
+        return None
+    counts: dict[str, int] = dict(
+        session.execute(
+            select(Job.state, func.count()).where(Job.parent_id == parent_id).group_by(Job.state)
+        ).all()  # type: ignore[arg-type]
+    )
+    total = sum(counts.values())
+    finished = sum(counts.get(state, 0) for state in TERMINAL_STATES)
+    failed = counts.get(JobState.DEAD, 0) + counts.get(JobState.FAILED, 0)
+    values: dict[str, Any] = {
+        "progress_current": finished,
+        "progress_total": total,
+        "progress_message": f"{finished} of {total} steps finished",
+        "updated_at": utcnow(),
+    }
+    if total and finished == total:
+        if failed:
+            values["state"] = JobState.FAILED
+        elif counts.get(JobState.CANCELLED, 0):
+            values["state"] = JobState.CANCELLED
+        else:
+            values["state"] = JobState.SUCCEEDED
+        values["finished_at"] = utcnow()
+    elif finished or counts.get(JobState.STARTED) or counts.get(JobState.RETRYING):
+        values["state"] = JobState.STARTED
+        if parent.started_at is None:
+            values["started_at"] = utcnow()
+    if parent.state in TERMINAL_STATES and parent.state != values.get("state"):
+        return parent
+    session.execute(
+        update(Job)
+        .where(Job.id == parent_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return session.get(Job, parent_id)
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(job: Job) -> str:
+    stamp = as_utc(job.created_at)
+    assert stamp is not None
+    raw = json.dumps([stamp.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, job_id = json.loads(raw)
+        return datetime.fromisoformat(stamp), str(job_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadCursor("cursor is not one this API issued; start again without it") from exc
+
+
+def list_jobs(
+    session: Session,
+    *,
+    owner: str | None,
+    state: str | None = None,
+    queue: str | None = None,
+    parent_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """Newest first; the cursor is the last row's (created_at, id), stable under inserts."""
+    query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if state:
+        query = query.where(Job.state == state)
+    if queue:
+        query = query.where(Job.queue == queue)
+    if parent_id:
+        query = query.where(Job.parent_id == parent_id)
+    if cursor:
+        stamp, last_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Job.created_at < stamp,
+                and_(Job.created_at == stamp, Job.id < last_id),
+            )
+        )
+    rows = list(
+        session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {str(state): int(count) for state, count in rows}

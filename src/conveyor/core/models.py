@@ -1,0 +1,111 @@
+"""Ledger tables: jobs, dead letters and API keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.DEAD}
+)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(120))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    progress_current: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_message: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[Any | None] = mapped_column(JSON)
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    parent_id: Mapped[str | None] = mapped_column(String(64))
+    root_id: Mapped[str | None] = mapped_column(String(64))
+    # Position in a workflow: later stages of a chain wait for earlier ones.
+    workflow_stage: Mapped[int | None] = mapped_column(Integer)
+    replay_of: Mapped[str | None] = mapped_column(String(64))
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_queue_created", "queue", "created_at"),
+        Index("ix_jobs_parent", "parent_id"),
+        Index("ix_jobs_finished", "finished_at"),
+    )
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(120), index=True)
+    args: Mapped[list[Any]] = mapped_column(default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error_type: Mapped[str] = mapped_column(String(200))
+    error_message: Mapped[str] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer)
+    job_created_at: Mapped[datetime | None] = mapped_column()
+    failed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    replayed_job_id: Mapped[str | None] = mapped_column(String(64))
+    replayed_at: Mapped[datetime | None] = mapped_column()
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    owner: Mapped[str] = mapped_column(String(120))
+    # Non-secret part of the key, used to find the row without scanning every hash.
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(128))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()

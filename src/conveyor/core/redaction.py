@@ -1,0 +1,43 @@
+"""Masking secrets in task arguments before they are written where people read them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "[redacted]"
+
+SECRET_KEY_PATTERN = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[_-]?key|authorization|^auth$|credential|"
+    r"private[_-]?key|card|cvc|cvv|payment[_-]?method|iban|ssn|signature",
+    re.IGNORECASE,
+)
+# Long digit runs look like card numbers even when the key name gives nothing away.
+CARD_NUMBER_PATTERN = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+MAX_STRING = 2000
+MAX_DEPTH = 8
+
+
+def redact(value: Any, *, _depth: int = 0) -> Any:
+    """A copy of `value` with secret-looking fields masked and long strings shortened."""
+    if _depth > MAX_DEPTH:
+        return "[nested too deep]"
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if SECRET_KEY_PATTERN.search(name):
+                out[name] = REDACTED
+            else:
+                out[name] = redact(item, _depth=_depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(item, _depth=_depth + 1) for item in value]
+    if isinstance(value, str):
+        masked = CARD_NUMBER_PATTERN.sub(REDACTED, value)
+        if len(masked) > MAX_STRING:
+            return masked[:MAX_STRING] + f"... [{len(masked) - MAX_STRING} more characters]"
+        return masked
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return redact(repr(value), _depth=_depth + 1)

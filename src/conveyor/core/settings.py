@@ -1,0 +1,170 @@
+"""Configuration: every setting comes from the environment (prefix CONVEYOR_) or `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+WORKLOAD_QUEUES = ("email", "images", "payments", "reports", "scraping")
+QUEUES = (*WORKLOAD_QUEUES, "webhooks", "default")
+
+
+class SettingsError(Exception):
+    """A configuration problem, phrased so a person can fix it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Where Conveyor keeps local state (embedded Redis data, SQLite file, Beat schedule).
+    data_dir: Path = Path(".conveyor")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis for hot state; unset means local Redis (or embedded)."
+    )
+    broker_url: str | None = Field(default=None, description="Defaults to the Redis URL.")
+    result_backend_url: str | None = Field(default=None, description="Defaults to the Redis URL.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means SQLite under data_dir."
+    )
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    # Largest request body the API reads; larger ones get a 413 before any parsing.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    bootstrap_api_key: SecretStr | None = None
+
+    # Time limits apply to every task unless the task sets its own.
+    task_soft_time_limit: int = Field(default=300, ge=1)
+    task_time_limit: int = Field(default=360, ge=1)
+    # Redis redelivers unacknowledged messages after this; it must exceed any task's run time.
+    visibility_timeout: int = Field(default=3900, ge=1)
+    # How often a worker looks for messages whose visibility timeout ran out (seconds).
+    unacked_restore_interval: int = Field(default=60, ge=1)
+    result_expires: int = Field(default=86_400, ge=60)
+    worker_concurrency: int | None = Field(default=None, ge=1)
+    worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    worker_max_tasks_per_child: int = Field(default=1000, ge=1)
+    worker_max_memory_per_child_kib: int = Field(default=512_000, ge=10_000)
+
+    retry_max_attempts: int = Field(default=5, ge=0, description="Retries after the first try.")
+    retry_backoff_base: float = Field(default=2.0, gt=0)
+    retry_backoff_max: float = Field(default=600.0, gt=0)
+
+    db_pool_size: int = Field(default=5, ge=1)
+    db_pool_recycle: int = Field(default=1800, ge=30)
+
+    dead_letter_retention_days: int = Field(default=30, ge=1)
+    allow_private_networks: bool = False
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_use_tls: bool = False
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if not scheme.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError(
+                "must start with sqlite:/// or postgresql:// (got "
+                f"{scheme + '://' if scheme else 'no scheme'})"
+            )
+        return value
+
+    @field_validator("redis_url", "broker_url", "result_backend_url")
+    @classmethod
+    def _known_broker(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("must be a redis://, rediss:// or amqp:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> Self:
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ValueError(
+                "CONVEYOR_TASK_SOFT_TIME_LIMIT must be below CONVEYOR_TASK_TIME_LIMIT "
+                "so a task can clean up before it is killed"
+            )
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "CONVEYOR_VISIBILITY_TIMEOUT must exceed CONVEYOR_TASK_TIME_LIMIT, "
+                "or Redis hands a running job to a second worker"
+            )
+        if self.retry_backoff_max >= self.visibility_timeout:
+            raise ValueError(
+                "CONVEYOR_RETRY_BACKOFF_MAX must be below CONVEYOR_VISIBILITY_TIMEOUT: a retry "
+                "waiting longer than that is handed to a second worker"
+            )
+        return self
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis
+
+    @property
+    def result_backend(self) -> str:
+        return self.result_backend_url or self.redis
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL, with the psycopg 3 driver chosen for PostgreSQL."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'conveyor.db').as_posix()}"
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per bad setting, named as the environment variable a person would set."""
+    lines = []
+    for item in error.errors():
+        loc = "_".join(str(part) for part in item["loc"]).upper()
+        name = f"CONVEYOR_{loc}" if loc else "configuration"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"invalid configuration: {describe_validation_error(exc)}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
