@@ -210,6 +210,10 @@ def mark_succeeded(session: Session, job_id: str, result: Any) -> bool:
         state=JobState.SUCCEEDED,
         result=summarize_result(result),
         finished_at=utcnow(),
+        # Errors of earlier attempts no longer describe the job.
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
     )
 
 

@@ -1,0 +1,112 @@
+"""The FastAPI application: routers, limits, error shapes and metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from conveyor.api import dead_letters, diagnostics, health, jobs
+from conveyor.api.limits import BodySizeLimit
+from conveyor.core.metrics import http_latency, http_requests
+from conveyor.core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Background jobs for FastAPI on Celery and Redis.
+
+Every `/api` route needs `Authorization: Bearer <api key>` (create one with
+`conveyor keys create NAME`). Errors are JSON: `{"detail": "..."}`.
+"""
+
+
+def _describe_location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(part) for part in loc if part != "body"]
+    return ".".join(parts) if parts else "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        first = next(error for error in errors if error.get("type") == "json_invalid")
+        reason = (first.get("ctx") or {}).get("error", "")
+        return JSONResponse(
+            {"detail": f"request body is not valid JSON{': ' + reason if reason else ''}"},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
+    messages = []
+    for error in errors:
+        where = _describe_location(error.get("loc", ()))
+        if error.get("type") == "extra_forbidden":
+            messages.append(f"{where}: unknown field")
+        else:
+            messages.append(f"{where}: {error.get('msg')}")
+    return JSONResponse(
+        {
+            "detail": "; ".join(messages),
+            "errors": [
+                {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+                for error in errors
+            ],
+        },
+        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "internal error; the server log has the details"},
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+async def _record_metrics(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    http_requests.labels(request.method, template, str(response.status_code)).inc()
+    http_latency.labels(request.method, template).observe(time.perf_counter() - started)
+    return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Conveyor",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "jobs", "description": "Every tracked job, its progress and its outcome."},
+            {"name": "dead letters", "description": "Jobs that failed for good (admin)."},
+            {"name": "diagnostics", "description": "Smoke-test a deployment (admin)."},
+            {"name": "health", "description": "Probes and metrics; no key needed."},
+        ],
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.middleware("http")(_record_metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for module in (health, jobs, dead_letters, diagnostics):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,87 @@
+"""Request dependencies: a database session per request and the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from conveyor.core import api_keys
+from conveyor.core.db import session_factory
+from conveyor.core.ledger import as_utc
+from conveyor.core.models import utcnow
+
+bearer = HTTPBearer(auto_error=False, description="An API key from `conveyor keys create`.")
+# Writing last_used_at on every request would turn reads into writes; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def get_session() -> Iterator[Session]:
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    owner: str
+    is_admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The owner to filter by; None for admins, who see everything."""
+        return None if self.is_admin else self.owner
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def get_caller(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    if credentials is None:
+        raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    record = api_keys.authenticate(session, credentials.credentials)
+    if record is None:
+        raise _unauthorized("invalid or revoked API key")
+    last_used = as_utc(record.last_used_at)
+    now = utcnow()
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        record.last_used_at = now
+    # End the transaction now: a long request (an event stream) must not hold a connection.
+    session.commit()
+    caller = Caller(key_id=record.id, owner=record.owner, is_admin=record.is_admin)
+    request.state.caller = caller
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def require_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(require_admin)]

@@ -1,0 +1,34 @@
+"""The diagnostics job, for smoke tests of a deployment. Admin keys only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.api.deps import AdminDep
+from conveyor.api.schemas import Accepted, DiagnosticsRequest
+from conveyor.core.jobs import Submission, submit
+from conveyor.core.models import JobState
+from conveyor.diagnostics.tasks import TASK_NAME
+
+router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
+
+
+@router.post(
+    "/jobs",
+    response_model=Accepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start a diagnostics job",
+    description=(
+        "Runs `steps` steps of `step_seconds` each, reporting progress after each, and fails "
+        "its first `fail_attempts` attempts: `transient` failures are retried with backoff "
+        "(up to 5 retries, then a dead letter), a `permanent` one is dead-lettered at once."
+    ),
+)
+async def start_diagnostics(body: DiagnosticsRequest, caller: AdminDep) -> dict[str, Any]:
+    job = await run_in_threadpool(
+        submit, Submission(task_name=TASK_NAME, kwargs=body.model_dump(), owner=caller.owner)
+    )
+    return {"job_id": job.id, "status": JobState.QUEUED, "url": f"/api/v1/jobs/{job.id}"}

@@ -1,0 +1,50 @@
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from conveyor.core.health import readiness
+from conveyor.core.metrics import registry
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health/live", summary="The API process is up")
+def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get(
+    "/health/ready",
+    summary="Broker, database and at least one worker answer",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready", "checks": {}}}}},
+        503: {
+            "description": "Something the system needs is down; `checks` says what.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "unavailable",
+                        "checks": {"workers": "no worker answered a ping within 1s"},
+                    }
+                }
+            },
+        },
+    },
+)
+def ready(response: Response) -> dict[str, Any]:
+    checks = readiness()
+    failing = {name: reason for name, reason in checks.items() if reason}
+    if failing:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"status": "unavailable", "checks": failing}
+    return {"status": "ready", "checks": {name: "ok" for name in checks}}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics() -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
