@@ -1,0 +1,42 @@
+"""`conveyor`: run the system and operate it."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from sqlalchemy.exc import OperationalError
+
+from conveyor.cli import dead_letters, jobs, keys, run, status
+from conveyor.core.settings import SettingsError, get_settings
+
+app = typer.Typer(
+    help="Conveyor: production-grade background jobs for FastAPI, on Celery and Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(run.up)
+app.command()(run.api)
+app.command()(run.worker)
+app.command()(run.beat)
+app.command()(status.status)
+app.add_typer(run.db_app, name="db")
+app.add_typer(keys.app, name="keys")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(dead_letters.app, name="dead-letters")
+
+
+def main() -> None:
+    err = Console(stderr=True)
+    try:
+        get_settings()
+        app()
+    except SettingsError as exc:
+        err.print(f"[red]conveyor: {exc}[/red]", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        err.print(f"[red]conveyor: database error: {first}[/red]", highlight=False, soft_wrap=True)
+        err.print("run `conveyor db upgrade` if the tables do not exist yet", style="dim")
+        sys.exit(2)

@@ -1,0 +1,89 @@
+"""`conveyor dead-letters`: list, show, replay, delete and purge."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.cli.render import when
+from conveyor.core import dead_letters, jobs
+from conveyor.core.db import session_scope
+from conveyor.core.models import DeadLetter
+from conveyor.core.settings import get_settings
+
+app = typer.Typer(help="Jobs that failed for good.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("list")
+def list_letters(
+    task: Annotated[str | None, typer.Option(help="Only this task name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """Newest first."""
+    table = Table("id", "task", "reason", "error", "attempts", "failed", "replayed as")
+    with session_scope() as session:
+        for letter in dead_letters.list_letters(session, task_name=task, limit=limit):
+            table.add_row(
+                letter.id,
+                letter.task_name,
+                letter.reason,
+                f"{letter.error_type}: {letter.error_message[:60]}",
+                str(letter.attempts),
+                when(letter.failed_at),
+                letter.replayed_job_id or "",
+            )
+    console.print(table)
+
+
+def _get(session: object, letter_id: str) -> DeadLetter:
+    letter = dead_letters.get(session, letter_id)  # type: ignore[arg-type]
+    if letter is None:
+        console.print(f"[red]no dead letter {letter_id}[/red]")
+        raise typer.Exit(1)
+    return letter
+
+
+@app.command("show")
+def show(letter_id: str) -> None:
+    """The dead letter with its arguments (secrets masked) and traceback."""
+    with session_scope() as session:
+        data = dead_letters.to_dict(_get(session, letter_id))
+    traceback = data["error"].pop("traceback")
+    console.print_json(json.dumps(data, default=str))
+    if traceback:
+        console.print(traceback, highlight=False)
+
+
+@app.command("replay")
+def replay(letter_id: str) -> None:
+    """Run the task again as a new job with the same arguments."""
+    with session_scope() as session:
+        job = jobs.replay(session, _get(session, letter_id))
+    console.print(f"replayed as job {job.id}")
+
+
+@app.command("delete")
+def delete(letter_id: str) -> None:
+    """Delete one dead letter."""
+    with session_scope() as session:
+        dead_letters.delete_letter(session, _get(session, letter_id))
+    console.print(f"deleted {letter_id}")
+
+
+@app.command("purge")
+def purge(
+    older_than: Annotated[
+        float | None,
+        typer.Option(help="Days; default CONVEYOR_DEAD_LETTER_RETENTION_DAYS.", min=0),
+    ] = None,
+) -> None:
+    """Delete dead letters older than N days, in batches."""
+    days = get_settings().dead_letter_retention_days if older_than is None else older_than
+    with session_scope() as session:
+        removed = dead_letters.purge_older_than(session, days)
+    console.print(f"purged {removed} dead letters older than {days:g} days")
