@@ -1,0 +1,272 @@
+"""A real system for integration tests: Redis, a database, a worker process and the API.
+
+Every test here runs twice, on SQLite and on PostgreSQL. PostgreSQL tests skip with a
+reason when no server is reachable (a laptop); CI always has one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from conveyor.core import api_keys, db
+from conveyor.core.celery_app import get_celery
+from conveyor.core.settings import QUEUES, get_settings
+
+REDIS_HOST = os.environ.get("CONVEYOR_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
+REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "13"))
+PG_ADMIN_URL = os.environ.get(
+    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+# Short limits so redelivery after a killed worker happens within seconds, not an hour.
+TEST_ENV = {
+    "CONVEYOR_TASK_SOFT_TIME_LIMIT": "20",
+    "CONVEYOR_TASK_TIME_LIMIT": "25",
+    "CONVEYOR_VISIBILITY_TIMEOUT": "30",
+    "CONVEYOR_UNACKED_RESTORE_INTERVAL": "1",
+    "CONVEYOR_RETRY_BACKOFF_MAX": "5",
+    "CONVEYOR_LOG_JSON": "false",
+    "CONVEYOR_LOG_LEVEL": "INFO",
+}
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _redis_reachable() -> bool:
+    try:
+        return bool(redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    if not _redis_reachable():
+        pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'conveyor.db'}"
+        return
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}".splitlines()[0])
+    name = f"conveyor_test_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        db.dispose_all()
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def signal_group(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signum)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.process.wait()
+
+    def kill_hard(self) -> None:
+        """SIGKILL to the main process and every pool child: a machine losing power."""
+        assert self.process is not None
+        self.signal_group(signal.SIGKILL)
+        self.process.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api_url: str
+    worker: Process
+    api: Process
+    admin_key: str
+    tmp: Path
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.admin_key}"}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=30)
+
+    def start_worker(self) -> Process:
+        node = f"test-{uuid.uuid4().hex[:8]}@%h"
+        self.worker = Process(
+            "worker",
+            [
+                sys.executable, "-m", "celery", "-A", "conveyor.worker", "worker",
+                "-Q", ",".join(QUEUES), "-c", "2", "-n", node,
+                "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+            ],
+            self.env,
+            self.tmp / "worker.log",
+        )  # fmt: skip
+        self.worker.start()
+        wait_for(self.worker_answers, 30, "the worker to answer a ping", interval=0.5)
+        return self.worker
+
+    def worker_answers(self) -> bool:
+        return bool(get_celery().control.ping(timeout=0.5))
+
+    def key_for(self, owner: str) -> str:
+        if owner not in self.keys:
+            with db.session_scope() as session:
+                self.keys[owner] = api_keys.create_key(session, owner, owner=owner).plaintext
+        return self.keys[owner]
+
+    def wait_job(self, job_id: str, states: set[str], timeout: float = 40) -> dict[str, Any]:
+        with self.client() as client:
+
+            def reached() -> dict[str, Any] | None:
+                body: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+                return body if body.get("state") in states else None
+
+            try:
+                result: dict[str, Any] = wait_for(reached, timeout, f"job {job_id} in {states}")
+            except AssertionError:
+                print(self.worker.log_tail())
+                raise
+            return result
+
+
+def _apply_env(env: dict[str, str]) -> None:
+    for key in [k for k in os.environ if k.startswith("CONVEYOR_")]:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("CONVEYOR_")})
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(TEST_ENV)
+    env.update(
+        {
+            "CONVEYOR_DATA_DIR": str(tmp / "data"),
+            "CONVEYOR_DATABASE_URL": database_url,
+            "CONVEYOR_REDIS_URL": redis_url,
+        }
+    )
+    _apply_env(env)
+    redis.Redis.from_url(redis_url).flushdb()
+
+    from conveyor.core.migrate import upgrade
+
+    upgrade(get_settings())
+    with db.session_scope() as session:
+        admin_key = api_keys.create_key(session, "ops", owner="ops", admin=True).plaintext
+
+    port = free_port()
+    api = Process(
+        "api",
+        [
+            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
+            "--host", "127.0.0.1", "--port", str(port),
+        ],
+        env,
+        tmp / "api.log",
+    )  # fmt: skip
+    api.start()
+    api_url = f"http://127.0.0.1:{port}"
+
+    def api_up() -> bool:
+        try:
+            return httpx.get(f"{api_url}/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    placeholder = Process("worker", [], env, tmp / "worker.log")
+    built = Stack(
+        env=env, api_url=api_url, worker=placeholder, api=api, admin_key=admin_key, tmp=tmp
+    )
+    try:
+        wait_for(api_up, 30, "the API to start")
+        built.start_worker()
+        yield built
+    finally:
+        built.worker.stop()
+        api.stop()
+        db.dispose_all()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+@pytest.fixture
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client() as client:
+        yield client
+
+
+def submit_diagnostics(client: httpx.Client, **body: Any) -> str:
+    response = client.post("/api/v1/diagnostics/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
