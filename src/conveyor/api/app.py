@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -12,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.api import dead_letters, diagnostics, health, jobs
 from conveyor.api.limits import BodySizeLimit
@@ -77,16 +77,32 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _record_metrics(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    http_requests.labels(request.method, template, str(response.status_code)).inc()
-    http_latency.labels(request.method, template).observe(time.perf_counter() - started)
-    return response
+class RequestMetrics:
+    """Counts and times requests by route template (pure ASGI: streams pass through)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            method = scope.get("method", "")
+            http_requests.labels(method, template, str(status_code)).inc()
+            http_latency.labels(method, template).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -105,8 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.middleware("http")(_record_metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     for module in (health, jobs, dead_letters, diagnostics):
         app.include_router(module.router)
     return app
