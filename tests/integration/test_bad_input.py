@@ -16,7 +16,9 @@ def _jobs_count(admin: httpx.Client) -> int:
 
 def test_malformed_json_is_400(stack: Stack, admin: httpx.Client) -> None:
     before = _jobs_count(admin)
-    response = admin.post(ROUTE, content=b'{"steps": 3,', headers={"Content-Type": "application/json"})
+    response = admin.post(
+        ROUTE, content=b'{"steps": 3,', headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["detail"]
     assert _jobs_count(admin) == before
@@ -70,7 +72,9 @@ def test_wrong_content_type_is_4xx(stack: Stack, admin: httpx.Client) -> None:
     "params",
     [{"state": "sleeping"}, {"limit": 0}, {"limit": 100000}, {"cursor": "not-a-cursor"}],
 )
-def test_bad_list_parameters_are_4xx(stack: Stack, admin: httpx.Client, params: dict[str, object]) -> None:
+def test_bad_list_parameters_are_4xx(
+    stack: Stack, admin: httpx.Client, params: dict[str, object]
+) -> None:
     response = admin.get("/api/v1/jobs", params=params)
     assert response.status_code in (400, 422), response.text
     assert response.json()["detail"]

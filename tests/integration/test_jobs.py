@@ -46,7 +46,9 @@ def test_retrying_state_is_visible_between_attempts(stack: Stack, admin: httpx.C
 
 
 def test_permanent_failure_becomes_dead_letter(stack: Stack, admin: httpx.Client) -> None:
-    job_id = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent")
+    job_id = submit_diagnostics(
+        admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
+    )
     job = stack.wait_job(job_id, {"dead", "succeeded"})
     assert job["state"] == "dead"
     assert job["attempts"] == 1
@@ -73,10 +75,14 @@ def test_exhausted_retries_become_dead_letter(stack: Stack, admin: httpx.Client)
 
 
 def test_replay_creates_linked_job(stack: Stack, admin: httpx.Client) -> None:
-    job_id = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent")
+    job_id = submit_diagnostics(
+        admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
+    )
     stack.wait_job(job_id, {"dead"})
     letter = next(
-        item for item in admin.get("/api/v1/dead-letters").json()["items"] if item["job_id"] == job_id
+        item
+        for item in admin.get("/api/v1/dead-letters").json()["items"]
+        if item["job_id"] == job_id
     )
     replayed = admin.post(f"/api/v1/dead-letters/{letter['id']}/replay")
     assert replayed.status_code == 202, replayed.text
@@ -84,7 +90,12 @@ def test_replay_creates_linked_job(stack: Stack, admin: httpx.Client) -> None:
     assert new_id != job_id
     new_job = stack.wait_job(new_id, {"dead", "succeeded"})
     assert new_job["replay_of"] == job_id
-    assert new_job["kwargs"] == {"steps": 1, "step_seconds": 0, "fail_attempts": 1, "failure": "permanent"}
+    assert new_job["kwargs"] == {
+        "steps": 1,
+        "step_seconds": 0,
+        "fail_attempts": 1,
+        "failure": "permanent",
+    }
     after = admin.get(f"/api/v1/dead-letters/{letter['id']}").json()
     assert after["replayed_job_id"] == new_id
     assert admin.delete(f"/api/v1/dead-letters/{letter['id']}").status_code == 204
@@ -113,7 +124,11 @@ def test_cancel_running_job_stops_it(stack: Stack, admin: httpx.Client) -> None:
 
 def test_cancel_queued_job_never_runs(stack: Stack, admin: httpx.Client) -> None:
     # Countdown keeps the job queued long enough to cancel it before it starts.
-    job = submit(Submission(task_name="conveyor.diagnostics.run", kwargs={"steps": 1}, owner="ops", countdown=2))
+    job = submit(
+        Submission(
+            task_name="conveyor.diagnostics.run", kwargs={"steps": 1}, owner="ops", countdown=2
+        )
+    )
     assert admin.delete(f"/api/v1/jobs/{job.id}").status_code == 200
     time.sleep(3.5)
     body = admin.get(f"/api/v1/jobs/{job.id}").json()
@@ -125,7 +140,9 @@ def test_cancel_queued_job_never_runs(stack: Stack, admin: httpx.Client) -> None
 def test_owner_isolation(stack: Stack, admin: httpx.Client) -> None:
     alice = stack.key_for("alice")
     bob = stack.key_for("bob")
-    job = submit(Submission(task_name="conveyor.diagnostics.run", kwargs={"steps": 1}, owner="alice"))
+    job = submit(
+        Submission(task_name="conveyor.diagnostics.run", kwargs={"steps": 1}, owner="alice")
+    )
     stack.wait_job(job.id, {"succeeded"})
     with stack.client(alice) as client:
         assert client.get(f"/api/v1/jobs/{job.id}").status_code == 200
@@ -145,7 +162,13 @@ def test_owner_isolation(stack: Stack, admin: httpx.Client) -> None:
 def test_list_pages_with_cursor_and_filters(stack: Stack, admin: httpx.Client) -> None:
     owner_key = stack.key_for("pager")
     ids = {
-        submit(Submission(task_name="conveyor.diagnostics.run", kwargs={"steps": 1, "step_seconds": 0}, owner="pager")).id
+        submit(
+            Submission(
+                task_name="conveyor.diagnostics.run",
+                kwargs={"steps": 1, "step_seconds": 0},
+                owner="pager",
+            )
+        ).id
         for _ in range(7)
     }
     with stack.client(owner_key) as client:
@@ -161,7 +184,9 @@ def test_list_pages_with_cursor_and_filters(stack: Stack, admin: httpx.Client) -
         assert len(seen) == len(set(seen)) == 7
         assert set(seen) == ids
         wait_for(
-            lambda: len(client.get("/api/v1/jobs", params={"state": "succeeded"}).json()["items"]) == 7,
+            lambda: (
+                len(client.get("/api/v1/jobs", params={"state": "succeeded"}).json()["items"]) == 7
+            ),
             30,
             "all jobs to succeed",
         )
@@ -191,13 +216,21 @@ def test_server_sent_events_stream_progress(stack: Stack, admin: httpx.Client) -
 def test_unauthenticated_and_unknown(stack: Stack) -> None:
     with httpx.Client(base_url=stack.api_url) as anonymous:
         assert anonymous.get("/api/v1/jobs").status_code == 401
-        assert anonymous.get("/api/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert (
+            anonymous.get("/api/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
         revoked_key = stack.key_for("revoked-owner")
         from conveyor.core import api_keys
         from conveyor.core.db import session_scope
 
         with session_scope() as session:
             api_keys.revoke(session, api_keys.split_key(revoked_key) or "")
-        assert anonymous.get("/api/v1/jobs", headers={"Authorization": f"Bearer {revoked_key}"}).status_code == 401
+        assert (
+            anonymous.get(
+                "/api/v1/jobs", headers={"Authorization": f"Bearer {revoked_key}"}
+            ).status_code
+            == 401
+        )
     with stack.client() as client:
         assert client.get("/api/v1/jobs/does-not-exist").status_code == 404

@@ -51,4 +51,7 @@ def test_metrics_expose_ledger_and_http(stack: Stack, admin: httpx.Client) -> No
     text = httpx.get(f"{stack.api_url}/metrics", timeout=10).text
     assert 'conveyor_jobs{queue="default",state="succeeded"}' in text
     assert 'conveyor_queue_depth{queue="email"}' in text
-    assert 'conveyor_http_requests_total{method="POST",route="/api/v1/diagnostics/jobs",status="202"}' in text
+    assert (
+        'conveyor_http_requests_total{method="POST",route="/api/v1/diagnostics/jobs",status="202"}'
+        in text
+    )

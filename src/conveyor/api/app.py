@@ -54,7 +54,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {
             "detail": "; ".join(messages),
             "errors": [
-                {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+                {
+                    "loc": list(error.get("loc", ())),
+                    "msg": error.get("msg"),
+                    "type": error.get("type"),
+                }
                 for error in errors
             ],
         },

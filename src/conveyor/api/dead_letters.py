@@ -12,7 +12,9 @@ from conveyor.core import dead_letters, jobs
 from conveyor.core.models import DeadLetter, JobState
 
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
-NOT_FOUND = {404: {"model": Problem, "description": "No such dead letter."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such dead letter."}
+}
 
 
 def _letter(session: SessionDep, letter_id: str) -> DeadLetter:
@@ -30,9 +32,7 @@ def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    letters = dead_letters.list_letters(
-        session, task_name=task_name, limit=limit, offset=offset
-    )
+    letters = dead_letters.list_letters(session, task_name=task_name, limit=limit, offset=offset)
     return {"items": [dead_letters.to_dict(letter, with_traceback=False) for letter in letters]}
 
 

@@ -42,7 +42,7 @@ def ready(response: Response) -> dict[str, Any]:
     if failing:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "unavailable", "checks": failing}
-    return {"status": "ready", "checks": {name: "ok" for name in checks}}
+    return {"status": "ready", "checks": dict.fromkeys(checks, "ok")}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -20,7 +20,9 @@ from conveyor.core.redis_client import job_channel
 from conveyor.core.settings import get_settings
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": Problem, "description": "No such job visible to this key."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "No such job visible to this key."}
+}
 # Re-read the ledger this often while streaming, in case a pub/sub message was missed.
 SSE_RECHECK_SECONDS = 5.0
 
@@ -94,6 +96,11 @@ def _load_snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
         return ledger.job_to_dict(job) if job else None
 
 
+async def _snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = await run_in_threadpool(_load_snapshot, job_id, owner)
+    return result
+
+
 def _sse(snapshot: dict[str, Any], sequence: int) -> str:
     event = "progress" if snapshot["state"] == JobState.STARTED else snapshot["state"]
     return f"id: {sequence}\nevent: {event}\ndata: {json.dumps(snapshot, default=str)}\n\n"
@@ -108,7 +115,7 @@ async def _job_events(
     try:
         # Subscribe before re-reading, so nothing between the read and the subscribe is lost.
         await pubsub.subscribe(job_channel(job_id))
-        snapshot = await run_in_threadpool(_load_snapshot, job_id, owner) or first
+        snapshot = await _snapshot(job_id, owner) or first
         last_sent = snapshot
         sequence += 1
         yield _sse(snapshot, sequence)
@@ -121,7 +128,7 @@ async def _job_events(
             if message is not None:
                 snapshot = json.loads(message["data"])
             else:
-                snapshot = await run_in_threadpool(_load_snapshot, job_id, owner) or snapshot
+                snapshot = await _snapshot(job_id, owner) or snapshot
                 if snapshot == last_sent:
                     yield ": keep-alive\n\n"
                     continue
@@ -129,7 +136,7 @@ async def _job_events(
             sequence += 1
             yield _sse(snapshot, sequence)
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
 
 
@@ -149,7 +156,7 @@ async def _job_events(
     summary="Follow a job's progress (server-sent events)",
 )
 async def job_events(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
-    first = await run_in_threadpool(_load_snapshot, job_id, caller.scope)
+    first = await _snapshot(job_id, caller.scope)
     if first is None:
         raise _not_found()
     return StreamingResponse(
@@ -157,4 +164,3 @@ async def job_events(job_id: str, request: Request, caller: CallerDep) -> Stream
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-

@@ -45,7 +45,7 @@ class ErrorOut(BaseModel):
     traceback: str | None
 
 
-class JobOut(BaseModel):
+class JobOut(BaseModel):  # type: ignore[no-redef]  # the pydantic plugin's __init__ has **kwargs too
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     id: str
@@ -96,7 +96,9 @@ class DiagnosticsRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"steps": 3, "step_seconds": 0.1, "fail_attempts": 0, "failure": "transient"}]
+            "examples": [
+                {"steps": 3, "step_seconds": 0.1, "fail_attempts": 0, "failure": "transient"}
+            ]
         },
     )
 
@@ -117,7 +119,7 @@ class DeadLetterError(BaseModel):
     traceback: str | None
 
 
-class DeadLetterOut(BaseModel):
+class DeadLetterOut(BaseModel):  # type: ignore[no-redef]  # as JobOut
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [

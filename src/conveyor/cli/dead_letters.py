@@ -6,17 +6,16 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from conveyor.cli.render import when
+from conveyor.cli.render import make_console, when
 from conveyor.core import dead_letters, jobs
 from conveyor.core.db import session_scope
 from conveyor.core.models import DeadLetter
 from conveyor.core.settings import get_settings
 
 app = typer.Typer(help="Jobs that failed for good.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("list")

@@ -7,17 +7,16 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from conveyor.cli.render import progress, state, when
+from conveyor.cli.render import make_console, progress, state, when
 from conveyor.core import jobs, ledger
 from conveyor.core.db import session_scope
 from conveyor.core.models import TERMINAL_STATES, JobState
 
 app = typer.Typer(help="Jobs in the ledger.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("list")

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from conveyor.cli.render import when
+from conveyor.cli.render import make_console, when
 from conveyor.core import api_keys
 from conveyor.core.db import session_scope
 
 app = typer.Typer(help="API keys.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("create")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rich.console import Console
+
 from conveyor.core.ledger import as_utc
 
 STATE_STYLES = {
@@ -29,3 +31,11 @@ def state(value: str) -> str:
 
 def progress(current: int, total: int | None) -> str:
     return f"{current}/{total}" if total else (str(current) if current else "")
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console; when output is piped, wide enough that ids and keys are never cut."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=240)
+    return console

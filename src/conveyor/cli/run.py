@@ -104,7 +104,7 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") ->
 def up(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
 ) -> None:
-    """Start everything on this machine: Redis (if none configured), migrations, API, worker, Beat."""
+    """Start everything here: Redis (if none configured), migrations, API, worker, Beat."""
     from conveyor.local.embedded_redis import start_embedded_redis
     from conveyor.local.supervisor import Supervisor
 

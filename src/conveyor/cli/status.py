@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from conveyor.cli.render import state, when
+from conveyor.cli.render import make_console, state, when
 from conveyor.core import dead_letters, ledger
 from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
@@ -14,7 +13,7 @@ from conveyor.core.health import live_workers
 from conveyor.core.redis_client import get_redis
 from conveyor.core.settings import QUEUES, get_settings
 
-console = Console()
+console = make_console()
 
 
 def status() -> None:

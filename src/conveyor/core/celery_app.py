@@ -24,9 +24,8 @@ _app: Celery | None = None
 def queue_for(task_name: str) -> str:
     """Each workload has its own queue, so a slow one never starves another."""
     parts = task_name.split(".")
-    if len(parts) >= 3 and parts[0] == "conveyor" and parts[1] == "workloads":
-        if parts[2] in WORKLOAD_QUEUES:
-            return parts[2]
+    if parts[:2] == ["conveyor", "workloads"] and len(parts) >= 3 and parts[2] in WORKLOAD_QUEUES:
+        return parts[2]
     if task_name.startswith("conveyor.webhooks."):
         return "webhooks"
     return "default"

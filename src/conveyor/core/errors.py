@@ -17,7 +17,7 @@ class PermanentError(Exception):
     """A failure that another attempt cannot fix: dead-letter at once."""
 
 
-class JobCancelled(Exception):  # noqa: N818 - it is a signal, not an error
+class JobCancelled(Exception):
     """Raised inside a task when its job was cancelled; the task stops cleanly."""
 
 

@@ -65,7 +65,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
             task_id=job_id,
             queue=queue,
             countdown=submission.countdown,
-            headers={HEADER_RECORDED: True},
+            headers={HEADER_RECORDED: "1"},
         )
     except Exception as exc:
         # The broker refused it: the ledger must not show a job that will never run.
@@ -147,9 +147,7 @@ def workflow_kind(canvas: Signature) -> str:
     return "task"
 
 
-def submit_workflow(
-    canvas: Signature, *, owner: str | None = None, name: str | None = None
-) -> Job:
+def submit_workflow(canvas: Signature, *, owner: str | None = None, name: str | None = None) -> Job:
     """Run a chain, group or chord with a parent job whose progress follows its children."""
     parent_id = str(uuid.uuid4())
     canvas.freeze()
@@ -166,13 +164,14 @@ def submit_workflow(
         )
         parent.progress_total = len(steps)
         for signature, stage in steps:
-            signature_id = signature.options.get("task_id") or signature.id
+            signature_id = str(signature.options.get("task_id") or signature.id)
+            task_name = str(signature.task)
             ledger.create_job(
                 session,
                 ledger.NewJob(
                     id=signature_id,
-                    name=signature.task,
-                    queue=signature.options.get("queue") or queue_for(signature.task),
+                    name=task_name,
+                    queue=signature.options.get("queue") or queue_for(task_name),
                     owner=owner,
                     args=list(signature.args),
                     kwargs=dict(signature.kwargs),
@@ -181,5 +180,5 @@ def submit_workflow(
                     workflow_stage=stage,
                 ),
             )
-    canvas.apply_async(headers={HEADER_RECORDED: True})
+    canvas.apply_async(headers={HEADER_RECORDED: "1"})
     return parent

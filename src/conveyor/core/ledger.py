@@ -264,7 +264,7 @@ def refresh_parent(session: Session, parent_id: str) -> Job | None:
     counts: dict[str, int] = dict(
         session.execute(
             select(Job.state, func.count()).where(Job.parent_id == parent_id).group_by(Job.state)
-        ).all()  # type: ignore[arg-type]
+        ).all()
     )
     total = sum(counts.values())
     finished = sum(counts.get(state, 0) for state in TERMINAL_STATES)

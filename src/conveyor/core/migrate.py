@@ -24,9 +24,7 @@ def alembic_config(settings: Settings | None = None) -> Config:
 def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
     settings = settings or get_settings()
     if settings.database.startswith("sqlite:///"):
-        Path(settings.database.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
+        Path(settings.database.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(settings), revision)
 
 

@@ -19,7 +19,9 @@ def require_database(settings: Settings | None = None) -> None:
     try:
         db.ping(settings)
     except (ArgumentError, NoSuchModuleError) as exc:
-        raise SettingsError(f"CONVEYOR_DATABASE_URL is not a usable URL: {_first_line(exc)}") from None
+        raise SettingsError(
+            f"CONVEYOR_DATABASE_URL is not a usable URL: {_first_line(exc)}"
+        ) from None
     except OperationalError as exc:
         raise SettingsError(
             f"cannot connect to the database ({_safe_url(settings.database)}): "

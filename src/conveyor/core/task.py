@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 # Redeliveries beyond the retry budget: a message that keeps killing its worker (a
 # segfault, an OOM kill) must end as a dead letter instead of looping forever.
 EXTRA_DELIVERIES = 3
+# Where the per-run session lives: on the request, which Celery makes anew for every run.
+SESSION_ATTRIBUTE = "conveyor_session"
 
 
-class ConveyorTask(Task):  # type: ignore[misc]
+class ConveyorTask(Task[..., Any]):
     """Base class for every Conveyor task.
 
     Class attributes a task may set:
@@ -66,20 +68,20 @@ class ConveyorTask(Task):  # type: ignore[misc]
     @property
     def db(self) -> Session:
         """A session for this task run; committed by the task, always closed after it."""
-        session: Session | None = getattr(self.request, "_conveyor_session", None)
+        session: Session | None = getattr(self.request, SESSION_ATTRIBUTE, None)
         if session is None:
             session = session_factory()()
-            self.request._conveyor_session = session
+            setattr(self.request, SESSION_ATTRIBUTE, session)
         return session
 
     def _close_session(self) -> None:
-        session: Session | None = getattr(self.request, "_conveyor_session", None)
+        session: Session | None = getattr(self.request, SESSION_ATTRIBUTE, None)
         if session is not None:
             try:
                 session.rollback()  # whatever the task did not commit is abandoned
             finally:
                 session.close()
-                self.request._conveyor_session = None
+                setattr(self.request, SESSION_ATTRIBUTE, None)
 
     # --- progress and cancellation -------------------------------------------------------
 
@@ -103,6 +105,7 @@ class ConveyorTask(Task):  # type: ignore[misc]
 
     def _new_job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ledger.NewJob:
         delivery = self.request.delivery_info or {}
+        assert self.request.id is not None
         return ledger.NewJob(
             id=self.request.id,
             name=self.name,
@@ -161,11 +164,12 @@ class ConveyorTask(Task):  # type: ignore[misc]
         return True
 
     def _finish_cancelled(self) -> None:
-        if not self.track:
+        job_id = self.request.id
+        if not self.track or job_id is None:
             return
         with session_scope() as session:
-            ledger.mark_cancelled(session, self.request.id)
-            job = session.get(Job, self.request.id)
+            ledger.mark_cancelled(session, job_id)
+            job = session.get(Job, job_id)
             snapshot = ledger.job_to_dict(job) if job else None
         if snapshot:
             publish_job(snapshot)
@@ -179,7 +183,9 @@ class ConveyorTask(Task):  # type: ignore[misc]
             ledger.mark_succeeded(session, task_id, retval)
             self._after_transition(session, task_id)
 
-    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         if not self.track:
             return
         with session_scope() as session:
@@ -218,9 +224,13 @@ class ConveyorTask(Task):  # type: ignore[misc]
         """
         with session_scope() as session:
             job = session.get(Job, task_id) if task_id else None
-            if self.track and task_id:
-                if not ledger.mark_failed(session, task_id, exc, traceback, state=JobState.DEAD):
-                    return  # already finished or cancelled: a duplicate delivery of the end
+            moved = (
+                ledger.mark_failed(session, task_id, exc, traceback, state=JobState.DEAD)
+                if self.track and task_id
+                else True
+            )
+            if not moved:
+                return  # already finished or cancelled: a duplicate delivery of the end
             dead_letters.record(
                 session,
                 dead_letters.Failure(

