@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from conveyor.api.deps import AdminDep, SessionDep
-from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Replayed
+from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Purged, Replayed
 from conveyor.core import dead_letters, jobs
 from conveyor.core.models import DeadLetter, JobState
 
@@ -34,6 +34,21 @@ def list_dead_letters(
 ) -> dict[str, Any]:
     letters = dead_letters.list_letters(session, task_name=task_name, limit=limit, offset=offset)
     return {"items": [dead_letters.to_dict(letter, with_traceback=False) for letter in letters]}
+
+
+@router.post(
+    "/purge",
+    response_model=Purged,
+    summary="Delete dead letters older than N days",
+    description="Deletes in batches, so a large purge never locks the table for long.",
+)
+def purge_dead_letters(
+    _: AdminDep,
+    session: SessionDep,
+    older_than_days: Annotated[float, Query(ge=0, le=36500)],
+) -> dict[str, Any]:
+    removed = dead_letters.purge_older_than(session, older_than_days)
+    return {"purged": removed, "older_than_days": older_than_days}
 
 
 @router.get(

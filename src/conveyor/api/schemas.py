@@ -170,3 +170,8 @@ class Replayed(BaseModel):
     job_id: str
     status: JobState
     url: str
+
+
+class Purged(BaseModel):
+    purged: int = Field(examples=[42])
+    older_than_days: float = Field(examples=[30])
