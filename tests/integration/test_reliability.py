@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 
-from tests.integration.conftest import Stack, submit_diagnostics, wait_for
+from tests.integration.conftest import Process, Stack, free_port, submit_diagnostics, wait_for
 
 
 def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: httpx.Client) -> None:
@@ -55,3 +57,45 @@ def test_metrics_expose_ledger_and_http(stack: Stack, admin: httpx.Client) -> No
         'conveyor_http_requests_total{method="POST",route="/api/v1/diagnostics/jobs",status="202"}'
         in text
     )
+
+
+def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
+    port = free_port()
+    env = {**stack.env, "CONVEYOR_BROKER_URL": "redis://127.0.0.1:1/0"}
+    api = Process(
+        "api-no-broker",
+        [
+            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
+            "--host", "127.0.0.1", "--port", str(port),
+        ],
+        env,
+        stack.tmp / "api-no-broker.log",
+    )  # fmt: skip
+    api.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health/live", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 30, "the API without a broker to start")
+        headers = {"Authorization": f"Bearer {stack.admin_key}"}
+        response = httpx.post(
+            f"{base}/api/v1/diagnostics/jobs", json={"steps": 1}, headers=headers, timeout=60
+        )
+        assert response.status_code == 503, response.text
+        assert "broker is unavailable" in response.json()["detail"]
+        assert response.headers["retry-after"] == "5"
+        ready = httpx.get(f"{base}/health/ready", timeout=30)
+        assert ready.status_code == 503
+        assert "broker" in ready.json()["checks"]
+        failed = httpx.get(
+            f"{base}/api/v1/jobs", params={"state": "failed"}, headers=headers, timeout=10
+        ).json()["items"]
+        assert failed, "the refused job should be recorded as failed, not left queued"
+        assert failed[0]["error"]["type"] == "OperationalError"
+    finally:
+        api.stop()

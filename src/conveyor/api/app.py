@@ -9,6 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -73,6 +76,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
+    """A broker or database outage is the server's problem, and temporary: 503, not 500."""
+    what = "database" if isinstance(exc, SQLAlchemyOperationalError) else "broker"
+    log.error("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"the {what} is unavailable; try again shortly"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "5"},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -124,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for outage in (KombuOperationalError, RedisConnectionError, SQLAlchemyOperationalError):
+        app.add_exception_handler(outage, _dependency_down)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
