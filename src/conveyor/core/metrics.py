@@ -36,6 +36,10 @@ http_latency = Histogram(
 class LedgerCollector(Collector):
     """Jobs by state and queue from the ledger, and queue depths from the broker."""
 
+    def describe(self) -> Iterator[Metric]:
+        # Without this the registry would call collect(), and query the database, at import.
+        return iter(())
+
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
             "conveyor_jobs", "Jobs in the ledger by queue and state.", labels=["queue", "state"]
