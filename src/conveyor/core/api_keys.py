@@ -19,6 +19,8 @@ from conveyor.core.models import ApiKey, utcnow
 
 KEY_PREFIX = "cvk"
 PREFIX_CHARS = 12
+# A bootstrap key chosen by a person must still be hard to guess.
+MIN_SECRET_CHARS = 24
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ def split_key(plaintext: str) -> str | None:
     parts = plaintext.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != PREFIX_CHARS:
         return None
-    return parts[1]
+    prefix, secret = parts[1], parts[2]
+    if len(secret) < MIN_SECRET_CHARS or any(c not in "0123456789abcdef" for c in prefix):
+        return None
+    return prefix
 
 
 def generate_plaintext() -> str:
@@ -55,7 +60,8 @@ def create_key(
     prefix = split_key(plaintext)
     if prefix is None:
         raise ValueError(
-            f"an API key must look like {KEY_PREFIX}_<{PREFIX_CHARS} hex>_<secret>; "
+            f"an API key must look like {KEY_PREFIX}_<{PREFIX_CHARS} hex>_<secret of "
+            f"{MIN_SECRET_CHARS}+ characters>; "
             "use `conveyor keys create` to make one"
         )
     record = ApiKey(

@@ -100,5 +100,8 @@ def backoff_delay(
 
     Full jitter spreads a burst of failures so the retries do not arrive together.
     """
-    ceiling = min(maximum, base * (2 ** max(retries, 0)))
+    try:
+        ceiling = min(maximum, base * (2 ** max(retries, 0)))
+    except OverflowError:  # 2**retries beyond a float: far past the cap anyway
+        ceiling = maximum
     return (rng or random).uniform(0, ceiling)

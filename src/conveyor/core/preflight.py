@@ -18,10 +18,13 @@ def require_database(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     try:
         db.ping(settings)
-    except (ArgumentError, NoSuchModuleError) as exc:
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise SettingsError(
             f"CONVEYOR_DATABASE_URL is not a usable URL: {_first_line(exc)}"
         ) from None
+    except OSError as exc:
+        # The SQLite file's folder cannot be made: a file in the way, no permission.
+        raise SettingsError(f"cannot create the SQLite database: {_first_line(exc)}") from None
     except OperationalError as exc:
         raise SettingsError(
             f"cannot connect to the database ({_safe_url(settings.database)}): "

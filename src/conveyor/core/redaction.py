@@ -38,6 +38,8 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
         if len(masked) > MAX_STRING:
             return masked[:MAX_STRING] + f"... [{len(masked) - MAX_STRING} more characters]"
         return masked
+    if isinstance(value, int) and not isinstance(value, bool) and 13 <= len(str(abs(value))) <= 19:
+        return REDACTED  # a card number passed as an integer
     if isinstance(value, bool | int | float) or value is None:
         return value
     return redact(repr(value), _depth=_depth + 1)

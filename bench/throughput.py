@@ -1,0 +1,497 @@
+"""Throughput of Conveyor against bare Celery, and the API's submit latency.
+
+    .venv/bin/python bench/throughput.py [--tasks N] [--concurrency C]
+
+Four scenarios drain N no-op tasks with one real prefork worker of C processes, on the same
+Redis database (flushed before each scenario):
+
+  1. bare Celery, default configuration (broker + result backend URLs, JSON)
+  2. bare Celery, tuned for short tasks (see bench/_tasks.py for what and why)
+  3. ConveyorTask with track = False, on Conveyor's production app (conveyor.worker)
+  4. ConveyorTask tracked, ledger on PostgreSQL, submitted with conveyor.core.jobs.submit
+
+Each scenario publishes all N messages first (timed separately), then starts the worker.
+The drain time runs from the worker's `worker_ready` signal (sent right after it starts
+consuming) until the completion counter every no-op INCRs reaches N and the queue is
+empty; for the tracked scenario also until the ledger shows N jobs succeeded.
+
+Then the API: uvicorn serving conveyor.api.app:create_app on the same Redis and
+PostgreSQL, loaded from a separate process (bench/_loadgen.py) with POST
+/api/v1/diagnostics/jobs. No worker runs there; the queue is flushed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+
+BENCH_DIR = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+DONE_KEY = "bench:done"
+READY_KEY = "bench:ready"
+TRACKED_TASK = "bench.noop_tracked"
+
+POLL_SECONDS = 0.01
+WORKER_READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+_children: list[subprocess.Popen[bytes]] = []
+
+
+# --- process handling ----------------------------------------------------------------------
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, so it and its pool children form one group."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=BENCH_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _children.append(proc)
+    return proc
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    # The group id is the child's pid (start_new_session): only what this script started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM (Celery's warm shutdown, uvicorn's graceful one), then SIGKILL the group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  (pid {proc.pid} ignored SIGTERM for {timeout:.0f}s; killing it)")
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(5)
+    # Pool children the main process failed to reap would linger in the group.
+    _signal_group(proc, signal.SIGKILL)
+    if proc in _children:
+        _children.remove(proc)
+
+
+def _cleanup() -> None:
+    for proc in list(_children):
+        with contextlib.suppress(Exception):
+            stop(proc, timeout=5)
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    _cleanup()
+    raise SystemExit(128 + signum)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    tasks: int
+    concurrency: int
+    redis_url: str
+    pg_admin_url: str
+    pg_url: str
+    work_dir: Path
+    drain_timeout: float
+
+    def env(self, scenario: str) -> dict[str, str]:
+        """The environment of every child: no CONVEYOR_* from the caller, only ours."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "BENCH_"))}
+        env.update(
+            PYTHONPATH=str(BENCH_DIR),
+            PYTHONUNBUFFERED="1",
+            BENCH_SCENARIO=scenario,
+            BENCH_REDIS_URL=self.redis_url,
+            CONVEYOR_REDIS_URL=self.redis_url,
+            CONVEYOR_DATABASE_URL=self.pg_url,
+            CONVEYOR_DATA_DIR=str(self.work_dir / "conveyor-data"),
+            # The same log level the bare workers get from --loglevel WARNING.
+            CONVEYOR_LOG_LEVEL="WARNING",
+            CONVEYOR_LOG_JSON="false",
+        )
+        return env
+
+    def settings(self) -> Any:
+        from conveyor.core.settings import Settings
+
+        return Settings(
+            redis_url=self.redis_url,
+            database_url=self.pg_url,
+            data_dir=self.work_dir / "conveyor-data",
+            log_level="WARNING",
+        )
+
+
+def fresh_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def pg_scalar(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+
+# --- the throughput scenarios --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    app: str  # BENCH_SCENARIO for bench/_tasks.py
+    enqueue: str  # what bench/_enqueue.py publishes
+    queue: str
+    tracked: bool = False
+
+
+SCENARIOS = (
+    Scenario("default", "bare Celery, default config", "bare-default", "bare", "celery"),
+    Scenario("tuned", "bare Celery, tuned", "bare-tuned", "bare", "celery"),
+    Scenario("untracked", "ConveyorTask, track=False", "conveyor", "untracked", "default"),
+    Scenario("tracked", "ConveyorTask, tracked (PG)", "conveyor", "tracked", "default", True),
+)
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    enqueue_seconds: float
+    drain_seconds: float
+    startup_seconds: float
+    done: int
+    timed_out: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.drain_seconds if self.drain_seconds > 0 else 0.0
+
+
+def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
+    n = setup.tasks
+    r.flushdb()
+    if scenario.tracked:
+        with psycopg.connect(setup.pg_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE jobs, dead_letters")
+    env = setup.env(scenario.app)
+    logs = setup.work_dir / f"{scenario.key}"
+
+    # 1. Publish every message (timed on its own, not part of the drain).
+    enqueue = subprocess.run(
+        [PYTHON, str(BENCH_DIR / "_enqueue.py"), scenario.enqueue, str(n)],
+        env=env,
+        cwd=BENCH_DIR,
+        capture_output=True,
+        text=True,
+        timeout=max(120.0, n / 20),
+        check=False,
+    )
+    if enqueue.returncode != 0:
+        raise RuntimeError(f"enqueue for {scenario.key} failed:\n{enqueue.stderr[-3000:]}")
+    enqueue_seconds = float(json.loads(enqueue.stdout.strip().splitlines()[-1])["seconds"])
+    depth = r.llen(scenario.queue)
+    if depth != n:
+        raise RuntimeError(f"expected {n} messages in queue {scenario.queue!r}, found {depth}")
+
+    # 2. Start the worker and clock it from worker_ready to the last completion.
+    argv = [
+        PYTHON, "-m", "celery", "-A", "_tasks", "worker",
+        "-c", str(setup.concurrency), "-P", "prefork", "-Q", scenario.queue,
+        "-n", f"bench-{scenario.key}@%h",
+        "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    spawned = time.time()
+    worker = spawn(argv, env, logs.with_suffix(".worker.log"))
+    try:
+        ready_at = _wait_ready(worker, r, logs.with_suffix(".worker.log"))
+        done, finished_at, timed_out = _wait_drained(setup, scenario, worker, r, ready_at)
+    finally:
+        stop(worker)
+    drain = finished_at - ready_at
+    if done > n:
+        print(f"  warning: {done - n} tasks ran more than once in {scenario.key}")
+    return Result(
+        scenario=scenario,
+        enqueue_seconds=enqueue_seconds,
+        drain_seconds=drain,
+        startup_seconds=ready_at - spawned,
+        done=min(done, n),
+        timed_out=timed_out,
+    )
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], r: redis.Redis, log: Path) -> float:
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT
+    while True:
+        value = r.get(READY_KEY)
+        if value is not None:
+            return float(value)
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker was not ready in {WORKER_READY_TIMEOUT}s:\n{tail(log)}")
+        time.sleep(POLL_SECONDS)
+
+
+def _wait_drained(
+    setup: Setup,
+    scenario: Scenario,
+    worker: subprocess.Popen[bytes],
+    r: redis.Redis,
+    ready_at: float,
+) -> tuple[int, float, bool]:
+    """(tasks done, when the last one was seen done, whether the timeout hit)."""
+    n = setup.tasks
+    deadline = ready_at + setup.drain_timeout
+    conn = psycopg.connect(setup.pg_url, autocommit=True) if scenario.tracked else None
+    try:
+        while True:
+            done = int(r.get(DONE_KEY) or 0)
+            if done >= n and r.llen(scenario.queue) == 0:
+                if conn is None:
+                    return done, time.time(), False
+                row = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE name = %s AND state = 'succeeded'",
+                    (TRACKED_TASK,),
+                ).fetchone()
+                if row and row[0] >= n:
+                    return done, time.time(), False
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker died (exit {worker.returncode}) mid-run")
+            now = time.time()
+            if now > deadline:
+                print(f"  TIMEOUT after {setup.drain_timeout:.0f}s: {done}/{n} done")
+                return done, now, True
+            time.sleep(POLL_SECONDS)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> dict[str, Any]:
+    from conveyor.core import api_keys
+    from conveyor.core.db import dispose_all, session_scope
+
+    r.flushdb()
+    settings = setup.settings()
+    with session_scope(settings) as session:
+        key = api_keys.create_key(session, "bench", owner="admin", admin=True).plaintext
+    dispose_all()
+    jobs_before = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs")
+
+    port = free_port()
+    env = setup.env("conveyor")
+    log = setup.work_dir / "api.log"
+    argv = [
+        PYTHON, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    api = spawn(argv, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if api.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {api.returncode}:\n{tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not answer in 30s:\n{tail(log)}")
+            time.sleep(0.1)
+
+        gen_env = dict(env, BENCH_API_KEY=key)
+        warmup = 2 * concurrency
+        gen_argv = [
+            PYTHON, str(BENCH_DIR / "_loadgen.py"), url,
+            "--requests", str(requests), "--concurrency", str(concurrency),
+            "--warmup", str(warmup),
+        ]  # fmt: skip
+        load = subprocess.run(
+            gen_argv,
+            env=gen_env,
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if load.returncode != 0:
+            raise RuntimeError(f"the load generator failed:\n{load.stderr[-3000:]}")
+        result: dict[str, Any] = json.loads(load.stdout.strip().splitlines()[-1])
+    finally:
+        stop(api)
+    result["queued_messages"] = r.llen("default")
+    result["ledger_rows_added"] = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs") - jobs_before
+    result["warmup"] = warmup
+    r.flushdb()  # nothing will ever run these
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def ratio_line(label: str, num: Result, den: Result, target: float | None = None) -> str:
+    value = num.rate / den.rate if den.rate else float("nan")
+    verdict = ""
+    if target is not None:
+        verdict = f"   target >= {target:.2f}: {'MET' if value >= target else 'NOT MET'}"
+    return f"  {label:<34} {value:6.2f}{verdict}"
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    names = ("celery", "kombu", "redis", "SQLAlchemy", "psycopg", "fastapi", "uvicorn")
+    return ", ".join(f"{name} {version(name)}" for name in names)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per scenario")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork worker processes")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server")
+    parser.add_argument("--redis-db", type=int, default=12, help="Redis DB the bench owns")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL database to connect to for CREATE DATABASE",
+    )
+    parser.add_argument("--database", default="conveyor_bench", help="ledger database to create")
+    parser.add_argument("--api-requests", type=int, default=1000)
+    parser.add_argument("--api-concurrency", type=int, default=16)
+    parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=120.0, help="seconds per scenario before giving up"
+    )
+    args = parser.parse_args()
+    if args.tasks < 1 or args.concurrency < 1:
+        parser.error("--tasks and --concurrency must be positive")
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    atexit.register(_cleanup)
+
+    base = args.postgres.rsplit("/", 1)[0]
+    work_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    setup = Setup(
+        tasks=args.tasks,
+        concurrency=args.concurrency,
+        redis_url=f"{args.redis.rstrip('/')}/{args.redis_db}",
+        pg_admin_url=args.postgres,
+        pg_url=f"{base}/{args.database}",
+        work_dir=work_dir,
+        drain_timeout=args.drain_timeout,
+    )
+
+    r = redis.Redis.from_url(setup.redis_url, socket_timeout=10)
+    r.ping()
+    fresh_database(args.postgres, args.database)
+    from conveyor.core.migrate import upgrade
+
+    upgrade(setup.settings())
+
+    print("Conveyor throughput benchmark")
+    print(f"  python {platform.python_version()}, {versions()}")
+    print(f"  {os.cpu_count()} CPUs; Redis {setup.redis_url}; ledger {setup.pg_url}")
+    print(f"  {args.tasks} no-op tasks per scenario; worker -P prefork -c {args.concurrency}")
+    print(f"  logs in {work_dir}")
+    print()
+
+    results: dict[str, Result] = {}
+    header = f"  {'scenario':<30} {'enqueue':>12} {'startup':>8} {'drain':>8} {'tasks/s':>9}"
+    print(header)
+    for scenario in SCENARIOS:
+        result = run_scenario(setup, scenario, r)
+        results[scenario.key] = result
+        enqueue_rate = args.tasks / result.enqueue_seconds
+        flag = "  (TIMED OUT)" if result.timed_out else ""
+        print(
+            f"  {scenario.title:<30} {enqueue_rate:>8.0f} m/s {result.startup_seconds:>7.2f}s "
+            f"{result.drain_seconds:>7.2f}s {result.rate:>9.0f}{flag}",
+            flush=True,
+        )
+    print("  (enqueue: messages published per second before the worker starts; startup: "
+          "worker spawn to ready; drain: ready to last task done)")  # fmt: skip
+    print()
+    print("Ratios of drain rates")
+    d, t, u, k = (results[key] for key in ("default", "tuned", "untracked", "tracked"))
+    print(ratio_line("untracked / tuned bare", u, t, 0.9))
+    print(ratio_line("tracked / untracked", k, u, 0.5))
+    print(ratio_line("tuned bare / default bare", t, d))
+    print(ratio_line("untracked / default bare", u, d))
+    print(ratio_line("tracked / default bare", k, d))
+
+    if not args.skip_api:
+        print()
+        print(
+            f"API submit latency: POST /api/v1/diagnostics/jobs, {args.api_requests} requests, "
+            f"{args.api_concurrency} concurrent clients, 1 uvicorn process, no worker"
+        )
+        api = run_api(setup, r, args.api_requests, args.api_concurrency)
+        print(
+            f"  p50 {api['p50_ms']:.1f} ms   p90 {api['p90_ms']:.1f} ms   "
+            f"p99 {api['p99_ms']:.1f} ms   max {api['max_ms']:.1f} ms   "
+            f"mean {api['mean_ms']:.1f} ms"
+        )
+        print(f"  {api['requests_per_second']:.0f} requests/s over {api['wall_seconds']:.2f}s")
+        print(
+            f"  statuses {api['statuses']}; ledger rows added {api['ledger_rows_added']} "
+            f"(incl. {api['warmup']} warm-up); messages queued {api['queued_messages']} "
+            "(flushed)"
+        )
+        for error in api["errors"]:
+            print(f"  error: {error}")
+
+    r.flushdb()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

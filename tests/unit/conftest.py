@@ -1,0 +1,42 @@
+"""Shared fixtures for unit tests: a clean environment and a throwaway SQLite ledger."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from conveyor.core import db
+from conveyor.core.models import Base
+from conveyor.core.settings import get_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No CONVEYOR_* variable from the caller's shell, no stray `.env`, no cached settings."""
+    for name in list(os.environ):
+        if name.upper().startswith("CONVEYOR_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+    db.dispose_all()
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = db.build_engine("sqlite:///" + (tmp_path / "ledger.db").as_posix())
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine) as session:
+        yield session

@@ -1,0 +1,142 @@
+"""The Celery configuration and task routing, without a broker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from conveyor.core.celery_app import celery_config, queue_for, route_task
+from conveyor.core.settings import Settings
+
+ALL_QUEUES = {"email", "images", "payments", "reports", "scraping", "webhooks", "default"}
+
+
+@pytest.fixture
+def config() -> dict[str, Any]:
+    return celery_config(Settings())
+
+
+def test_only_json_is_accepted(config: dict[str, Any]) -> None:
+    assert config["task_serializer"] == "json"
+    assert config["result_serializer"] == "json"
+    assert config["accept_content"] == ["json"]
+    assert config["result_accept_content"] == ["json"]
+
+
+def test_messages_survive_a_worker_dying(config: dict[str, Any]) -> None:
+    assert config["task_acks_late"] is True
+    assert config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+
+
+def test_time_limits_fit_inside_the_visibility_timeout(config: dict[str, Any]) -> None:
+    soft, hard = config["task_soft_time_limit"], config["task_time_limit"]
+    assert 0 < soft < hard
+    assert config["broker_transport_options"]["visibility_timeout"] > hard
+
+
+def test_worker_children_are_recycled(config: dict[str, Any]) -> None:
+    assert isinstance(config["worker_max_tasks_per_child"], int)
+    assert config["worker_max_tasks_per_child"] > 0
+    assert isinstance(config["worker_max_memory_per_child"], int)
+    assert config["worker_max_memory_per_child"] > 0
+
+
+def test_events_are_sent(config: dict[str, Any]) -> None:
+    assert config["worker_send_task_events"] is True
+    assert config["task_send_sent_event"] is True
+
+
+def test_every_queue_is_declared(config: dict[str, Any]) -> None:
+    names = [queue.name for queue in config["task_queues"]]
+    assert sorted(names) == sorted(ALL_QUEUES)
+    assert all(queue.routing_key == queue.name for queue in config["task_queues"])
+    assert config["task_default_queue"] == "default"
+    assert config["task_create_missing_queues"] is False
+    assert route_task in config["task_routes"]
+
+
+def test_urls_default_to_redis(config: dict[str, Any]) -> None:
+    assert config["broker_url"] == "redis://127.0.0.1:6379/0"
+    assert config["result_backend"] == "redis://127.0.0.1:6379/0"
+
+
+def test_settings_flow_into_the_config(tmp_path: Path) -> None:
+    settings = Settings(
+        redis_url="redis://cache:6379/2",
+        result_backend_url="redis://results:6379/3",
+        task_soft_time_limit=20,
+        task_time_limit=25,
+        visibility_timeout=30,
+        retry_backoff_max=5,
+        unacked_restore_interval=2,
+        worker_max_tasks_per_child=7,
+        worker_max_memory_per_child_kib=20_000,
+        worker_concurrency=3,
+        result_expires=120,
+        data_dir=tmp_path / "state",
+    )
+    config = celery_config(settings)
+    assert config["broker_url"] == "redis://cache:6379/2"
+    assert config["result_backend"] == "redis://results:6379/3"
+    assert (config["task_soft_time_limit"], config["task_time_limit"]) == (20, 25)
+    assert config["broker_transport_options"]["visibility_timeout"] == 30
+    assert config["broker_transport_options"]["unacked_restore_interval"] == 2
+    assert config["worker_max_tasks_per_child"] == 7
+    assert config["worker_max_memory_per_child"] == 20_000
+    assert config["worker_concurrency"] == 3
+    assert config["result_expires"] == timedelta(seconds=120)
+    assert config["beat_schedule_filename"] == str(tmp_path / "state" / "celerybeat-schedule")
+
+
+@pytest.mark.parametrize(
+    ("task_name", "queue"),
+    [
+        ("conveyor.workloads.email.send", "email"),
+        ("conveyor.workloads.images.resize", "images"),
+        ("conveyor.workloads.payments.charge", "payments"),
+        ("conveyor.workloads.reports.build", "reports"),
+        ("conveyor.workloads.scraping.fetch", "scraping"),
+        ("conveyor.webhooks.deliver", "webhooks"),
+        ("conveyor.workloads.unknown.thing", "default"),
+        ("conveyor.workloads.email", "email"),
+        ("conveyor.workloads", "default"),
+        ("conveyor.diagnostics.run", "default"),
+        ("conveyor.maintenance.purge_dead_letters", "default"),
+        ("myapp.email.send", "default"),
+        ("email", "default"),
+        ("workloads.email.send", "default"),
+        ("conveyor.webhooks", "default"),
+        ("", "default"),
+    ],
+)
+def test_queue_for_routes_by_task_name(task_name: str, queue: str) -> None:
+    assert queue_for(task_name) == queue
+    assert route_task(task_name, (), {}, {}) == {"queue": queue}
+
+
+def test_an_explicit_queue_option_wins() -> None:
+    assert route_task("conveyor.workloads.email.send", (), {}, {"queue": "reports"}) == {
+        "queue": "reports"
+    }
+    assert route_task("conveyor.webhooks.deliver", [], {}, {"queue": "default"}) == {
+        "queue": "default"
+    }
+
+
+def test_a_tasks_own_queue_wins_over_its_name() -> None:
+    task = SimpleNamespace(queue="payments")
+    assert route_task("conveyor.workloads.email.send", (), {}, {}, task=task) == {
+        "queue": "payments"
+    }
+    # ...but an explicit option still wins over the task's own queue.
+    assert route_task("x", (), {}, {"queue": "images"}, task=task) == {"queue": "images"}
+
+
+def test_a_task_without_a_queue_falls_back_to_its_name() -> None:
+    task = SimpleNamespace(queue=None)
+    assert route_task("conveyor.workloads.email.send", (), {}, {}, task=task) == {"queue": "email"}
