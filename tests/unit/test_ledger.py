@@ -95,7 +95,7 @@ def test_mark_started_counts_attempts(session: Session) -> None:
     assert first is not None
     assert (first.state, first.attempts, first.worker_host) == (JobState.STARTED, 1, "w1")
     assert first.started_at is not None
-    assert ledger.mark_retrying(session, "job-1", boom(), "Traceback ...") is True
+    assert ledger.mark_retrying(session, "job-1", boom(), "Traceback ...") is not None
     second = ledger.mark_started(session, new_job(), worker_host="w2")
     assert second is not None
     assert (second.attempts, second.worker_host) == (2, "w2")
@@ -109,7 +109,7 @@ def test_mark_started_records_a_job_the_ledger_never_saw(session: Session) -> No
 
 def test_a_cancelled_job_does_not_start(session: Session) -> None:
     make_job(session)
-    assert ledger.mark_cancelled(session, "job-1") is True
+    assert ledger.mark_cancelled(session, "job-1") is not None
     assert ledger.mark_started(session, new_job(), worker_host="w1") is None
     job = reload(session, "job-1")
     assert job.state == JobState.CANCELLED
@@ -121,15 +121,15 @@ def test_a_cancelled_job_does_not_start(session: Session) -> None:
 def test_a_succeeded_job_never_moves_again(session: Session) -> None:
     make_job(session)
     ledger.mark_started(session, new_job(), worker_host="w1")
-    assert ledger.mark_succeeded(session, "job-1", {"sent": True}) is True
+    assert ledger.mark_succeeded(session, "job-1", {"sent": True}) is not None
     finished = reload(session, "job-1").finished_at
 
     assert ledger.mark_started(session, new_job(), worker_host="w2") is None
-    assert ledger.mark_retrying(session, "job-1", boom(), None) is False
-    assert ledger.mark_cancelled(session, "job-1") is False
-    assert ledger.mark_failed(session, "job-1", boom(), None) is False
-    assert ledger.mark_succeeded(session, "job-1", {"sent": "twice"}) is False
-    assert ledger.mark_progress(session, "job-1", 5, 10, "late") is False
+    assert ledger.mark_retrying(session, "job-1", boom(), None) is None
+    assert ledger.mark_cancelled(session, "job-1") is None
+    assert ledger.mark_failed(session, "job-1", boom(), None) is None
+    assert ledger.mark_succeeded(session, "job-1", {"sent": "twice"}) is None
+    assert ledger.mark_progress(session, "job-1", 5, 10, "late") is None
 
     job = reload(session, "job-1")
     assert job.state == JobState.SUCCEEDED
@@ -144,26 +144,26 @@ def test_a_succeeded_job_never_moves_again(session: Session) -> None:
 def test_other_terminal_states_are_final_too(session: Session, final: JobState) -> None:
     make_job(session)
     if final is JobState.CANCELLED:
-        assert ledger.mark_cancelled(session, "job-1") is True
+        assert ledger.mark_cancelled(session, "job-1") is not None
     else:
-        assert ledger.mark_failed(session, "job-1", boom(), None, state=final) is True
-    assert ledger.mark_succeeded(session, "job-1", 1) is False
+        assert ledger.mark_failed(session, "job-1", boom(), None, state=final) is not None
+    assert ledger.mark_succeeded(session, "job-1", 1) is None
     assert ledger.mark_started(session, new_job(), worker_host="w") is None
-    assert ledger.mark_retrying(session, "job-1", boom(), None) is False
+    assert ledger.mark_retrying(session, "job-1", boom(), None) is None
     assert reload(session, "job-1").state == final
 
 
 def test_mark_succeeded_clears_errors_of_earlier_attempts(session: Session) -> None:
     make_job(session)
     ledger.mark_started(session, new_job(), worker_host="w1")
-    assert ledger.mark_retrying(session, "job-1", boom("first try"), "Traceback: boom") is True
+    assert ledger.mark_retrying(session, "job-1", boom("first try"), "Traceback: boom") is not None
     retrying = reload(session, "job-1")
     assert retrying.state == JobState.RETRYING
     assert (retrying.error_type, retrying.error_message) == ("ConnectionError", "first try")
     assert retrying.error_traceback == "Traceback: boom"
 
     ledger.mark_started(session, new_job(), worker_host="w1")
-    assert ledger.mark_succeeded(session, "job-1", "ok") is True
+    assert ledger.mark_succeeded(session, "job-1", "ok") is not None
     job = reload(session, "job-1")
     assert job.state == JobState.SUCCEEDED
     assert (job.error_type, job.error_message, job.error_traceback) == (None, None, None)
@@ -176,7 +176,7 @@ def test_mark_failed_records_the_error(session: Session) -> None:
     make_job(session)
     ledger.mark_started(session, new_job(), worker_host="w1")
     traceback = "T" * 10 + "x" * ledger.MAX_TRACEBACK_CHARS
-    assert ledger.mark_failed(session, "job-1", ValueError("m" * 9000), traceback) is True
+    assert ledger.mark_failed(session, "job-1", ValueError("m" * 9000), traceback) is not None
     job = reload(session, "job-1")
     assert job.state == JobState.DEAD
     assert job.error_type == "ValueError"
@@ -196,21 +196,21 @@ def test_an_empty_error_message_falls_back_to_the_type(session: Session) -> None
 
 def test_progress_is_recorded_only_while_started(session: Session) -> None:
     make_job(session)
-    assert ledger.mark_progress(session, "job-1", 1, 10, "too early") is False
+    assert ledger.mark_progress(session, "job-1", 1, 10, "too early") is None
     ledger.mark_started(session, new_job(), worker_host="w1")
-    assert ledger.mark_progress(session, "job-1", 3, 10, "m" * 900) is True
+    assert ledger.mark_progress(session, "job-1", 3, 10, "m" * 900) is not None
     job = reload(session, "job-1")
     assert (job.progress_current, job.progress_total) == (3, 10)
     assert job.progress_message == "m" * 500
-    assert ledger.mark_progress(session, "job-1", 4, None, "") is True
+    assert ledger.mark_progress(session, "job-1", 4, None, "") is not None
     job = reload(session, "job-1")
     assert (job.progress_current, job.progress_total, job.progress_message) == (4, None, None)
 
 
 def test_transitions_on_a_missing_job_do_nothing(session: Session) -> None:
-    assert ledger.mark_succeeded(session, "nope", 1) is False
-    assert ledger.mark_cancelled(session, "nope") is False
-    assert ledger.mark_retrying(session, "nope", boom(), None) is False
+    assert ledger.mark_succeeded(session, "nope", 1) is None
+    assert ledger.mark_cancelled(session, "nope") is None
+    assert ledger.mark_retrying(session, "nope", boom(), None) is None
 
 
 # --- results -----------------------------------------------------------------------------

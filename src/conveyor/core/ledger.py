@@ -142,38 +142,42 @@ def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | No
     return job
 
 
-def _transition(session: Session, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+def _transition(
+    session: Session, job_id: str, allowed: tuple[str, ...], **values: Any
+) -> Job | None:
+    """Apply `values` if the job is in an allowed state; the updated row, or None.
+
+    UPDATE ... RETURNING: one round trip both moves the job and reads it back.
+    """
     values.setdefault("updated_at", utcnow())
-    result = session.execute(
+    statement = (
         update(Job)
         .where(Job.id == job_id, Job.state.in_(allowed))
         .values(**values)
-        .execution_options(synchronize_session=False)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
-    return bool(getattr(result, "rowcount", 0))
+    return session.scalars(statement).first()
 
 
 def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> Job | None:
     """Record an attempt starting. None means the job must not run (cancelled or finished)."""
-    ensure_job(session, new)
-    moved = _transition(
-        session,
-        new.id,
-        ACTIVE_STATES,
-        state=JobState.STARTED,
-        attempts=Job.attempts + 1,
-        started_at=utcnow(),
-        worker_host=worker_host,
-    )
-    if not moved:
-        return None
-    session.expire_all()
-    return session.get(Job, new.id)
+    values = {
+        "state": JobState.STARTED,
+        "attempts": Job.attempts + 1,
+        "started_at": utcnow(),
+        "worker_host": worker_host,
+    }
+    job = _transition(session, new.id, ACTIVE_STATES, **values)
+    if job is None and ensure_job(session, new):
+        # Sent by something that did not record it (another app's plain Celery client).
+        job = _transition(session, new.id, ACTIVE_STATES, **values)
+    return job
 
 
 def mark_progress(
     session: Session, job_id: str, current: int, total: int | None, message: str | None
-) -> bool:
+) -> Job | None:
     return _transition(
         session,
         job_id,
@@ -192,7 +196,9 @@ def _error_values(exc: BaseException, traceback: str | None) -> dict[str, Any]:
     }
 
 
-def mark_retrying(session: Session, job_id: str, exc: BaseException, traceback: str | None) -> bool:
+def mark_retrying(
+    session: Session, job_id: str, exc: BaseException, traceback: str | None
+) -> Job | None:
     return _transition(
         session,
         job_id,
@@ -202,7 +208,7 @@ def mark_retrying(session: Session, job_id: str, exc: BaseException, traceback: 
     )
 
 
-def mark_succeeded(session: Session, job_id: str, result: Any) -> bool:
+def mark_succeeded(session: Session, job_id: str, result: Any) -> Job | None:
     return _transition(
         session,
         job_id,
@@ -224,7 +230,7 @@ def mark_failed(
     traceback: str | None,
     *,
     state: JobState = JobState.DEAD,
-) -> bool:
+) -> Job | None:
     return _transition(
         session,
         job_id,
@@ -235,7 +241,7 @@ def mark_failed(
     )
 
 
-def mark_cancelled(session: Session, job_id: str) -> bool:
+def mark_cancelled(session: Session, job_id: str) -> Job | None:
     return _transition(
         session, job_id, ACTIVE_STATES, state=JobState.CANCELLED, finished_at=utcnow()
     )

@@ -180,8 +180,7 @@ class ConveyorTask(Task[..., Any]):
         if not self.track:
             return
         with session_scope() as session:
-            ledger.mark_succeeded(session, task_id, retval)
-            self._after_transition(session, task_id)
+            self._after_transition(session, ledger.mark_succeeded(session, task_id, retval))
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -189,8 +188,8 @@ class ConveyorTask(Task[..., Any]):
         if not self.track:
             return
         with session_scope() as session:
-            ledger.mark_retrying(session, task_id, exc, _traceback_text(einfo))
-            self._after_transition(session, task_id)
+            job = ledger.mark_retrying(session, task_id, exc, _traceback_text(einfo))
+            self._after_transition(session, job)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -222,15 +221,15 @@ class ConveyorTask(Task[..., Any]):
         Also called in the worker's main process after a hard time limit, where there is
         no task request: everything needed comes in as arguments.
         """
+        tracked = self.track and task_id is not None
         with session_scope() as session:
-            job = session.get(Job, task_id) if task_id else None
-            moved = (
-                ledger.mark_failed(session, task_id, exc, traceback, state=JobState.DEAD)
-                if self.track and task_id
-                else True
-            )
-            if not moved:
-                return  # already finished or cancelled: a duplicate delivery of the end
+            if tracked:
+                assert task_id is not None
+                job = ledger.mark_failed(session, task_id, exc, traceback, state=JobState.DEAD)
+                if job is None:
+                    return  # already finished or cancelled: a duplicate delivery of the end
+            else:
+                job = session.get(Job, task_id) if task_id else None
             dead_letters.record(
                 session,
                 dead_letters.Failure(
@@ -246,15 +245,12 @@ class ConveyorTask(Task[..., Any]):
                     attempts=job.attempts if job else (self.request.retries or 0) + 1,
                 ),
             )
-            if task_id and self.track:
-                self._after_transition(session, task_id)
+            if tracked:
+                self._after_transition(session, job)
         log.error("job %s of %s is now a dead letter (%s): %s", task_id, self.name, reason, exc)
 
-    def _after_transition(self, session: Session, task_id: str) -> None:
+    def _after_transition(self, session: Session, job: Job | None) -> None:
         """Publish the new state and keep a workflow parent in step with its children."""
-        session.flush()
-        session.expire_all()
-        job = session.get(Job, task_id)
         if job is None:
             return
         snapshot = ledger.job_to_dict(job)
