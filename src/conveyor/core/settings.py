@@ -65,7 +65,27 @@ class Settings(BaseSettings):
     db_pool_recycle: int = Field(default=1800, ge=30)
 
     dead_letter_retention_days: int = Field(default=30, ge=1)
+    # Finished jobs (succeeded, cancelled) are pruned from the ledger after this.
+    job_retention_days: int = Field(default=14, ge=1)
+    webhook_delivery_retention_days: int = Field(default=14, ge=1)
+    # Rows deleted per statement by cleanup: small batches never hold a lock for long.
+    cleanup_batch_size: int = Field(default=1000, ge=10, le=100_000)
+
+    # Idempotency-Key records are kept this long (DESIGN: 24 h).
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    # Requests per minute per API key; 0 turns the limit off.
+    api_rate_limit_per_minute: int = Field(default=600, ge=0)
+
+    # Outgoing HTTP (webhooks, fetching): private, loopback and metadata addresses are refused.
     allow_private_networks: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Consecutive failed attempts after which an endpoint is disabled.
+    webhook_disable_after_failures: int = Field(default=50, ge=1)
+
+    # Raise a queue.wait_exceeded event when a job waited longer than this (seconds; 0 = off).
+    queue_wait_threshold_seconds: float = Field(default=0.0, ge=0)
+    # Where prefork worker processes share Prometheus metrics; default: data_dir/metrics.
+    metrics_dir: Path | None = None
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=1025, ge=1, le=65535)

@@ -9,12 +9,12 @@ from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy.orm import Session
 
-from conveyor.core import dead_letters, ledger
+from conveyor.core import dead_letters, ledger, outcomes
 from conveyor.core.celery_app import queue_for
 from conveyor.core.db import session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
 from conveyor.core.events import publish_job
-from conveyor.core.models import Job, JobState
+from conveyor.core.models import TERMINAL_STATES, Job, JobState
 from conveyor.core.redis_client import cancel_key, get_redis
 from conveyor.core.settings import get_settings
 
@@ -264,6 +264,8 @@ class ConveyorTask(Task[..., Any]):
         publish_job(snapshot)
         if parent_snapshot:
             publish_job(parent_snapshot)
+        if job.state in TERMINAL_STATES:
+            outcomes.emit({**snapshot, "owner": job.owner})
 
 
 def _traceback_text(einfo: Any) -> str | None:
