@@ -1,23 +1,28 @@
 """Throughput of Conveyor against bare Celery, and the API's submit latency.
 
-    .venv/bin/python bench/throughput.py [--tasks N] [--concurrency C]
+    .venv/bin/python bench/throughput.py [--tasks N] [--concurrency C] [--rounds R]
 
 Four scenarios drain N no-op tasks with one real prefork worker of C processes, on the same
 Redis database (flushed before each scenario):
 
   1. bare Celery, default configuration (broker + result backend URLs, JSON)
-  2. bare Celery, tuned for short tasks (see bench/_tasks.py for what and why)
+  2. bare Celery, tuned for short tasks (bench/_tasks.py says what and why)
   3. ConveyorTask with track = False, on Conveyor's production app (conveyor.worker)
-  4. ConveyorTask tracked, ledger on PostgreSQL, submitted with conveyor.core.jobs.submit
+  4. ConveyorTask tracked, ledger on PostgreSQL, jobs sent with conveyor.core.jobs.submit
+     (what the API does: the ledger row is committed, then the message is published)
 
-Each scenario publishes all N messages first (timed separately), then starts the worker.
+Each scenario publishes all N messages first (timed on its own), then starts the worker.
 The drain time runs from the worker's `worker_ready` signal (sent right after it starts
-consuming) until the completion counter every no-op INCRs reaches N and the queue is
-empty; for the tracked scenario also until the ledger shows N jobs succeeded.
+consuming) until the counter every no-op INCRs reaches N and the queue is empty; for the
+tracked scenario also until the ledger shows N jobs succeeded. The scenarios run R rounds,
+interleaved, and the median of each is reported (this machine may be shared).
 
-Then the API: uvicorn serving conveyor.api.app:create_app on the same Redis and
-PostgreSQL, loaded from a separate process (bench/_loadgen.py) with POST
-/api/v1/diagnostics/jobs. No worker runs there; the queue is flushed afterwards.
+Then the API: uvicorn serving conveyor.api.app:create_app on the same Redis and PostgreSQL,
+loaded from a separate process (bench/_loadgen.py) with POST /api/v1/diagnostics/jobs. No
+worker runs there; the queue is flushed afterwards.
+
+--diagnose adds untracked runs with one of Conveyor's worker settings changed at a time, to
+show where the gap to bare Celery comes from.
 """
 
 from __future__ import annotations
@@ -28,13 +33,15 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,26 +136,27 @@ class Setup:
     tasks: int
     concurrency: int
     redis_url: str
-    pg_admin_url: str
     pg_url: str
     work_dir: Path
     drain_timeout: float
 
-    def env(self, scenario: str) -> dict[str, str]:
+    def env(self, app: str, conf: str = "") -> dict[str, str]:
         """The environment of every child: no CONVEYOR_* from the caller, only ours."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "BENCH_"))}
         env.update(
             PYTHONPATH=str(BENCH_DIR),
             PYTHONUNBUFFERED="1",
-            BENCH_SCENARIO=scenario,
+            BENCH_SCENARIO=app,
             BENCH_REDIS_URL=self.redis_url,
             CONVEYOR_REDIS_URL=self.redis_url,
             CONVEYOR_DATABASE_URL=self.pg_url,
             CONVEYOR_DATA_DIR=str(self.work_dir / "conveyor-data"),
-            # The same log level the bare workers get from --loglevel WARNING.
+            # The same level the bare workers get from --loglevel WARNING.
             CONVEYOR_LOG_LEVEL="WARNING",
             CONVEYOR_LOG_JSON="false",
         )
+        if conf:
+            env["BENCH_CONF"] = conf
         return env
 
     def settings(self) -> Any:
@@ -174,6 +182,57 @@ def pg_scalar(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return row[0] if row else None
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (field 3, the state, comes first)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def worker_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by a worker's main process, and by its pool children.
+
+    Children count whether alive (their own times) or already reaped after a recycle
+    (the parent's cutime/cstime).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        own = _proc_stat(pid)
+    except OSError:
+        return float("nan"), float("nan")
+    main = (int(own[11]) + int(own[12])) / ticks
+    children = (int(own[13]) + int(own[14])) / ticks
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _proc_stat(int(entry))
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children += sum(int(x) for x in fields[11:15]) / ticks
+    return main, children
+
+
+def busy_elsewhere() -> float:
+    """CPU seconds per second used by processes other than this one, over half a second."""
+
+    def total_busy() -> float:
+        with open("/proc/stat") as stat:
+            fields = [float(x) for x in stat.readline().split()[1:]]
+        return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+    def own_busy() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    start_all, start_own, started = total_busy(), own_busy(), time.monotonic()
+    time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    other = (total_busy() - start_all) / ticks - (own_busy() - start_own)
+    return max(0.0, other / elapsed)
+
+
 # --- the throughput scenarios --------------------------------------------------------------
 
 
@@ -185,13 +244,46 @@ class Scenario:
     enqueue: str  # what bench/_enqueue.py publishes
     queue: str
     tracked: bool = False
+    conf: str = ""  # settings laid over the app (diagnostics only), JSON
 
 
 SCENARIOS = (
     Scenario("default", "bare Celery, default config", "bare-default", "bare", "celery"),
     Scenario("tuned", "bare Celery, tuned", "bare-tuned", "bare", "celery"),
     Scenario("untracked", "ConveyorTask, track=False", "conveyor", "untracked", "default"),
-    Scenario("tracked", "ConveyorTask, tracked (PG)", "conveyor", "tracked", "default", True),
+    Scenario("tracked", "ConveyorTask, tracked, PG", "conveyor", "tracked", "default", True),
+)
+
+# One of Conveyor's production settings changed at a time (see celery_app.celery_config).
+TUNED_OVER_CONVEYOR = {
+    "worker_prefetch_multiplier": 64,
+    "worker_send_task_events": False,
+    "task_send_sent_event": False,
+    "task_ignore_result": True,
+    "task_soft_time_limit": None,
+    "task_time_limit": None,
+    "worker_max_tasks_per_child": None,
+    "worker_max_memory_per_child": None,
+    "worker_disable_rate_limits": True,
+}
+DIAGNOSTICS = tuple(
+    Scenario(f"diag-{key}", title, "conveyor", "untracked", "default", conf=json.dumps(conf))
+    for key, title, conf in (
+        ("prefetch4", "  prefetch multiplier 4 (not 1)", {"worker_prefetch_multiplier": 4}),
+        (
+            "noevents",
+            "  task events off",
+            {"worker_send_task_events": False, "task_send_sent_event": False},
+        ),
+        ("noresult", "  results not stored", {"task_ignore_result": True}),
+        (
+            "nolimits",
+            "  no time limits",
+            {"task_soft_time_limit": None, "task_time_limit": None},
+        ),
+        ("earlyack", "  early ack (not acks_late)", {"task_acks_late": False}),
+        ("astuned", "  all of bare tuned's settings", TUNED_OVER_CONVEYOR),
+    )
 )
 
 
@@ -202,11 +294,34 @@ class Result:
     drain_seconds: float
     startup_seconds: float
     done: int
+    cpu_main: float  # worker CPU seconds from ready to done: the main process...
+    cpu_children: float  # ...and the pool processes
     timed_out: bool = False
 
     @property
     def rate(self) -> float:
         return self.done / self.drain_seconds if self.drain_seconds > 0 else 0.0
+
+    @property
+    def main_ms_per_task(self) -> float:
+        return 1000 * self.cpu_main / self.done if self.done else float("nan")
+
+    @property
+    def children_ms_per_task(self) -> float:
+        return 1000 * self.cpu_children / self.done if self.done else float("nan")
+
+
+@dataclass
+class Summary:
+    scenario: Scenario
+    runs: list[Result] = field(default_factory=list)
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(run, attr) for run in self.runs)
+
+    @property
+    def rate(self) -> float:
+        return self.median("rate")
 
 
 def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
@@ -215,8 +330,8 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
     if scenario.tracked:
         with psycopg.connect(setup.pg_url, autocommit=True) as conn:
             conn.execute("TRUNCATE jobs, dead_letters")
-    env = setup.env(scenario.app)
-    logs = setup.work_dir / f"{scenario.key}"
+    env = setup.env(scenario.app, scenario.conf)
+    log = setup.work_dir / f"{scenario.key}.worker.log"
 
     # 1. Publish every message (timed on its own, not part of the drain).
     enqueue = subprocess.run(
@@ -243,21 +358,24 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
         "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
     ]  # fmt: skip
     spawned = time.time()
-    worker = spawn(argv, env, logs.with_suffix(".worker.log"))
+    worker = spawn(argv, env, log)
     try:
-        ready_at = _wait_ready(worker, r, logs.with_suffix(".worker.log"))
-        done, finished_at, timed_out = _wait_drained(setup, scenario, worker, r, ready_at)
+        ready_at = _wait_ready(worker, r, log)
+        cpu_at_ready = worker_cpu(worker.pid)
+        done, finished_at, timed_out = _wait_drained(setup, scenario, worker, r, ready_at, log)
+        cpu_at_done = worker_cpu(worker.pid)
     finally:
         stop(worker)
-    drain = finished_at - ready_at
     if done > n:
         print(f"  warning: {done - n} tasks ran more than once in {scenario.key}")
     return Result(
         scenario=scenario,
         enqueue_seconds=enqueue_seconds,
-        drain_seconds=drain,
+        drain_seconds=finished_at - ready_at,
         startup_seconds=ready_at - spawned,
         done=min(done, n),
+        cpu_main=cpu_at_done[0] - cpu_at_ready[0],
+        cpu_children=cpu_at_done[1] - cpu_at_ready[1],
         timed_out=timed_out,
     )
 
@@ -281,6 +399,7 @@ def _wait_drained(
     worker: subprocess.Popen[bytes],
     r: redis.Redis,
     ready_at: float,
+    log: Path,
 ) -> tuple[int, float, bool]:
     """(tasks done, when the last one was seen done, whether the timeout hit)."""
     n = setup.tasks
@@ -299,7 +418,7 @@ def _wait_drained(
                 if row and row[0] >= n:
                     return done, time.time(), False
             if worker.poll() is not None:
-                raise RuntimeError(f"the worker died (exit {worker.returncode}) mid-run")
+                raise RuntimeError(f"the worker died (exit {worker.returncode}):\n{tail(log)}")
             now = time.time()
             if now > deadline:
                 print(f"  TIMEOUT after {setup.drain_timeout:.0f}s: {done}/{n} done")
@@ -327,6 +446,8 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
     port = free_port()
     env = setup.env("conveyor")
     log = setup.work_dir / "api.log"
+    # Like `conveyor api`: one process; no access log (that one runs with log_config=None,
+    # so uvicorn's INFO access lines go nowhere).
     argv = [
         PYTHON, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
         "--host", "127.0.0.1", "--port", str(port),
@@ -334,6 +455,7 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
     ]  # fmt: skip
     api = spawn(argv, env, log)
     url = f"http://127.0.0.1:{port}"
+    warmup = 2 * concurrency
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -346,8 +468,6 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
                 raise RuntimeError(f"the API did not answer in 30s:\n{tail(log)}")
             time.sleep(0.1)
 
-        gen_env = dict(env, BENCH_API_KEY=key)
-        warmup = 2 * concurrency
         gen_argv = [
             PYTHON, str(BENCH_DIR / "_loadgen.py"), url,
             "--requests", str(requests), "--concurrency", str(concurrency),
@@ -355,7 +475,7 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
         ]  # fmt: skip
         load = subprocess.run(
             gen_argv,
-            env=gen_env,
+            env=dict(env, BENCH_API_KEY=key),
             cwd=BENCH_DIR,
             capture_output=True,
             text=True,
@@ -370,19 +490,30 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
     result["queued_messages"] = r.llen("default")
     result["ledger_rows_added"] = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs") - jobs_before
     result["warmup"] = warmup
-    r.flushdb()  # nothing will ever run these
+    r.flushdb()  # no worker will ever run these
     return result
 
 
 # --- report ----------------------------------------------------------------------------------
 
 
-def ratio_line(label: str, num: Result, den: Result, target: float | None = None) -> str:
+def ratio_line(label: str, num: Summary, den: Summary, target: float | None = None) -> str:
     value = num.rate / den.rate if den.rate else float("nan")
     verdict = ""
     if target is not None:
-        verdict = f"   target >= {target:.2f}: {'MET' if value >= target else 'NOT MET'}"
-    return f"  {label:<34} {value:6.2f}{verdict}"
+        verdict = f"   target >= {target:.2f}: {'met' if value >= target else 'NOT MET'}"
+    return f"  {label:<28} {value:6.2f}{verdict}"
+
+
+def summary_line(summary: Summary, tasks: int) -> str:
+    runs = " ".join(f"{run.rate:.0f}" for run in summary.runs)
+    flag = "  TIMED OUT" if any(run.timed_out for run in summary.runs) else ""
+    return (
+        f"  {summary.scenario.title:<32} {tasks / summary.median('enqueue_seconds'):>7.0f}/s "
+        f"{summary.median('startup_seconds'):>7.2f}s {summary.median('drain_seconds'):>7.2f}s "
+        f"{summary.rate:>8.0f} {summary.median('main_ms_per_task'):>7.2f} "
+        f"{summary.median('children_ms_per_task'):>6.2f}   [{runs}]{flag}"
+    )
 
 
 def versions() -> str:
@@ -396,40 +527,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per scenario")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork worker processes")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per scenario (median)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379", help="Redis server")
     parser.add_argument("--redis-db", type=int, default=12, help="Redis DB the bench owns")
     parser.add_argument(
         "--postgres",
         default="postgresql://postgres@127.0.0.1:5432/test",
-        help="a PostgreSQL database to connect to for CREATE DATABASE",
+        help="an existing database, to connect to for CREATE DATABASE",
     )
     parser.add_argument("--database", default="conveyor_bench", help="ledger database to create")
     parser.add_argument("--api-requests", type=int, default=1000)
     parser.add_argument("--api-concurrency", type=int, default=16)
     parser.add_argument("--skip-api", action="store_true")
-    parser.add_argument(
-        "--drain-timeout", type=float, default=120.0, help="seconds per scenario before giving up"
-    )
+    parser.add_argument("--diagnose", action="store_true", help="also run untracked variants")
+    parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds per run")
+    parser.add_argument("--keep-logs", action="store_true", help="keep worker and API logs")
     args = parser.parse_args()
-    if args.tasks < 1 or args.concurrency < 1:
-        parser.error("--tasks and --concurrency must be positive")
+    if args.tasks < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--tasks, --concurrency and --rounds must be positive")
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     atexit.register(_cleanup)
 
-    base = args.postgres.rsplit("/", 1)[0]
     work_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     setup = Setup(
         tasks=args.tasks,
         concurrency=args.concurrency,
         redis_url=f"{args.redis.rstrip('/')}/{args.redis_db}",
-        pg_admin_url=args.postgres,
-        pg_url=f"{base}/{args.database}",
+        pg_url=f"{args.postgres.rsplit('/', 1)[0]}/{args.database}",
         work_dir=work_dir,
         drain_timeout=args.drain_timeout,
     )
-
     r = redis.Redis.from_url(setup.redis_url, socket_timeout=10)
     r.ping()
     fresh_database(args.postgres, args.database)
@@ -438,58 +567,87 @@ def main() -> int:
     upgrade(setup.settings())
 
     print("Conveyor throughput benchmark")
-    print(f"  python {platform.python_version()}, {versions()}")
+    print(f"  python {platform.python_version()}; {versions()}")
     print(f"  {os.cpu_count()} CPUs; Redis {setup.redis_url}; ledger {setup.pg_url}")
-    print(f"  {args.tasks} no-op tasks per scenario; worker -P prefork -c {args.concurrency}")
-    print(f"  logs in {work_dir}")
+    print(
+        f"  {args.tasks} no-op tasks per run; worker -P prefork -c {args.concurrency}; "
+        f"{args.rounds} round(s), medians shown"
+    )
+    other = busy_elsewhere()
+    if other > 0.2:
+        print(f"  NOTE: other processes were using {other:.1f} CPUs when this started")
     print()
 
-    results: dict[str, Result] = {}
-    header = f"  {'scenario':<30} {'enqueue':>12} {'startup':>8} {'drain':>8} {'tasks/s':>9}"
-    print(header)
-    for scenario in SCENARIOS:
-        result = run_scenario(setup, scenario, r)
-        results[scenario.key] = result
-        enqueue_rate = args.tasks / result.enqueue_seconds
-        flag = "  (TIMED OUT)" if result.timed_out else ""
-        print(
-            f"  {scenario.title:<30} {enqueue_rate:>8.0f} m/s {result.startup_seconds:>7.2f}s "
-            f"{result.drain_seconds:>7.2f}s {result.rate:>9.0f}{flag}",
-            flush=True,
-        )
-    print("  (enqueue: messages published per second before the worker starts; startup: "
-          "worker spawn to ready; drain: ready to last task done)")  # fmt: skip
-    print()
-    print("Ratios of drain rates")
-    d, t, u, k = (results[key] for key in ("default", "tuned", "untracked", "tracked"))
-    print(ratio_line("untracked / tuned bare", u, t, 0.9))
-    print(ratio_line("tracked / untracked", k, u, 0.5))
-    print(ratio_line("tuned bare / default bare", t, d))
-    print(ratio_line("untracked / default bare", u, d))
-    print(ratio_line("tracked / default bare", k, d))
+    summaries = {s.key: Summary(s) for s in SCENARIOS}
+    failed = False
+    try:
+        for round_number in range(args.rounds):
+            for scenario in SCENARIOS:
+                summaries[scenario.key].runs.append(run_scenario(setup, scenario, r))
+            print(f"  round {round_number + 1}/{args.rounds} done", flush=True)
 
-    if not args.skip_api:
         print()
         print(
-            f"API submit latency: POST /api/v1/diagnostics/jobs, {args.api_requests} requests, "
-            f"{args.api_concurrency} concurrent clients, 1 uvicorn process, no worker"
+            f"  {'':<32} {'':>9} {'':>8} {'':>8} {'':>8} {'worker CPU ms/task':>14}\n"
+            f"  {'scenario':<32} {'enqueue':>9} {'startup':>8} {'drain':>8} {'tasks/s':>8} "
+            f"{'main':>7} {'pool':>6}"
         )
-        api = run_api(setup, r, args.api_requests, args.api_concurrency)
+        for summary in summaries.values():
+            print(summary_line(summary, args.tasks))
         print(
-            f"  p50 {api['p50_ms']:.1f} ms   p90 {api['p90_ms']:.1f} ms   "
-            f"p99 {api['p99_ms']:.1f} ms   max {api['max_ms']:.1f} ms   "
-            f"mean {api['mean_ms']:.1f} ms"
+            "  enqueue: messages published per second by one process, before the worker "
+            "starts\n  startup: worker spawn to ready; drain: ready to last task done\n"
+            "  worker CPU: CPU time of the worker's main process and of its pool processes "
+            "during\n  the drain, per task; [...]: tasks/s of each round"
         )
-        print(f"  {api['requests_per_second']:.0f} requests/s over {api['wall_seconds']:.2f}s")
-        print(
-            f"  statuses {api['statuses']}; ledger rows added {api['ledger_rows_added']} "
-            f"(incl. {api['warmup']} warm-up); messages queued {api['queued_messages']} "
-            "(flushed)"
-        )
-        for error in api["errors"]:
-            print(f"  error: {error}")
+        print()
+        print("Ratios of drain rates (medians)")
+        d, t, u, k = (summaries[key] for key in ("default", "tuned", "untracked", "tracked"))
+        print(ratio_line("untracked / tuned bare", u, t, 0.9))
+        print(ratio_line("tracked / untracked", k, u, 0.5))
+        print(ratio_line("tuned bare / default bare", t, d))
+        print(ratio_line("untracked / default bare", u, d))
+        print(ratio_line("tracked / default bare", k, d))
 
-    r.flushdb()
+        if args.diagnose:
+            print()
+            print("Diagnostics: ConveyorTask track=False, one Conveyor setting changed at a time")
+            for scenario in DIAGNOSTICS:
+                summary = Summary(scenario)
+                for _ in range(args.rounds):
+                    summary.runs.append(run_scenario(setup, scenario, r))
+                print(summary_line(summary, args.tasks) + f"   x{summary.rate / u.rate:.2f}")
+
+        if not args.skip_api:
+            print()
+            print(
+                f"API submit latency: POST /api/v1/diagnostics/jobs, {args.api_requests} "
+                f"requests, {args.api_concurrency} concurrent clients, one uvicorn process, "
+                "no worker"
+            )
+            api = run_api(setup, r, args.api_requests, args.api_concurrency)
+            print(
+                f"  p50 {api['p50_ms']:.1f} ms   p90 {api['p90_ms']:.1f} ms   "
+                f"p99 {api['p99_ms']:.1f} ms   max {api['max_ms']:.1f} ms   "
+                f"mean {api['mean_ms']:.1f} ms"
+            )
+            print(f"  {api['requests_per_second']:.0f} requests/s over {api['wall_seconds']:.2f}s")
+            print(
+                f"  statuses {api['statuses']}; ledger rows added {api['ledger_rows_added']} "
+                f"and messages queued {api['queued_messages']} (incl. {api['warmup']} warm-up; "
+                "flushed)"
+            )
+            for error in api["errors"]:
+                print(f"  error: {error}")
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        r.flushdb()
+        if failed or args.keep_logs:
+            print(f"\nlogs kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
     return 0
 
 

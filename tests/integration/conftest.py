@@ -43,6 +43,8 @@ TEST_ENV = {
     "CONVEYOR_RETRY_BACKOFF_MAX": "5",
     "CONVEYOR_LOG_JSON": "false",
     "CONVEYOR_LOG_LEVEL": "INFO",
+    # Tasks that exist only for the tests (tests/integration/tasks.py).
+    "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
 }
 
 pytestmark = pytest.mark.integration

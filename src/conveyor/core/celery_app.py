@@ -103,7 +103,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = Celery("conveyor", include=TASK_MODULES, set_as_current=True)
+    include = [*TASK_MODULES, *settings.extra_task_modules]
+    app = Celery("conveyor", include=include, set_as_current=True)
     app.conf.update(celery_config(settings))
     from conveyor.core import signals
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_use_tls: bool = False
 
+    # Your own task modules for workers to load, comma-separated: "myapp.tasks,billing.jobs".
+    task_modules: str = ""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -144,6 +147,10 @@ class Settings(BaseSettings):
                 "waiting longer than that is handed to a second worker"
             )
         return self
+
+    @property
+    def extra_task_modules(self) -> list[str]:
+        return [name.strip() for name in self.task_modules.split(",") if name.strip()]
 
     @property
     def redis(self) -> str:
