@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.core.celery_app import get_celery
-from conveyor.core.logging import configure_logging
+from conveyor.core.metrics_setup import prepare_multiprocess_dir
 from conveyor.core.settings import SettingsError, get_settings
 
 try:
@@ -11,6 +10,12 @@ try:
 except SettingsError as exc:
     # One line, not a traceback: Celery would otherwise print the import error in full.
     raise SystemExit(f"conveyor: {exc}") from None
+
+# Before anything imports prometheus_client: pool children share their samples through it.
+prepare_multiprocess_dir()
+
+from conveyor.core.celery_app import get_celery  # noqa: E402
+from conveyor.core.logging import configure_logging  # noqa: E402
 
 configure_logging()
 app = get_celery()

@@ -209,7 +209,11 @@ def stack(
     database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CONVEYOR_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(TEST_ENV)
     env.update(
         {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Process, Stack, free_port, submit_diagnostics, wait_for
 
@@ -47,16 +49,55 @@ def test_readiness_fails_without_worker(stack: Stack, admin: httpx.Client) -> No
     assert httpx.get(f"{stack.api_url}/health/ready", timeout=10).status_code == 200
 
 
-def test_metrics_expose_ledger_and_http(stack: Stack, admin: httpx.Client) -> None:
-    job_id = submit_diagnostics(admin, steps=1, step_seconds=0)
-    stack.wait_job(job_id, {"succeeded"})
+def _scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"{stack.api_url}/metrics", timeout=10).text
-    assert 'conveyor_jobs{queue="default",state="succeeded"}' in text
-    assert 'conveyor_queue_depth{queue="email"}' in text
-    assert (
-        'conveyor_http_requests_total{method="POST",route="/api/v1/diagnostics/jobs",status="202"}'
-        in text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_aggregate_every_worker_process(stack: Stack, admin: httpx.Client) -> None:
+    task = "conveyor.diagnostics.run"
+    before = _scrape(stack)
+    ids = [submit_diagnostics(admin, steps=1, step_seconds=0.2) for _ in range(8)]
+    retried = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=1)
+    dead = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent")
+    for job_id in [*ids, retried]:
+        stack.wait_job(job_id, {"succeeded"})
+    stack.wait_job(dead, {"dead"})
+    after = _scrape(stack)
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    succeeded = {"task": task, "queue": "default", "outcome": "succeeded"}
+    assert delta("conveyor_jobs_total", **succeeded) == 9
+    assert delta("conveyor_jobs_total", task=task, queue="default", outcome="retried") == 1
+    assert delta("conveyor_jobs_total", task=task, queue="default", outcome="dead") == 1
+    assert delta("conveyor_dead_letters_total", task=task, reason="permanent_error") == 1
+    assert delta("conveyor_job_runtime_seconds_count", task=task, queue="default") == 11
+    assert delta("conveyor_job_wait_seconds_count", queue="default") == 11
+    # Eight 0.2 s jobs on two pool processes: both processes ran some, and both are counted.
+    metric_files = list((stack.tmp / "data" / "metrics").glob("counter_*.db"))
+    assert len(metric_files) >= 3, metric_files  # the API and at least two pool children
+    assert _value(after, "conveyor_jobs", queue="default", state="succeeded") >= 9
+    assert _value(after, "conveyor_queue_depth", queue="email") == 0
+    posted = _value(
+        after,
+        "conveyor_http_requests_total",
+        method="POST",
+        route="/api/v1/diagnostics/jobs",
+        status="202",
     )
+    assert posted >= 10
 
 
 def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
@@ -99,3 +140,28 @@ def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
         assert failed[0]["error"]["type"] == "OperationalError"
     finally:
         api.stop()
+
+
+def test_task_logs_are_json_with_job_id_and_wait_event(stack: Stack, admin: httpx.Client) -> None:
+    saved = dict(stack.env)
+    stack.worker.stop()
+    stack.env.update(
+        {"CONVEYOR_LOG_JSON": "true", "CONVEYOR_QUEUE_WAIT_THRESHOLD_SECONDS": "0.0001"}
+    )
+    log_start = stack.worker.log_path.stat().st_size if stack.worker.log_path.exists() else 0
+    try:
+        stack.start_worker()
+        job_id = submit_diagnostics(admin, steps=1, step_seconds=0)
+        stack.wait_job(job_id, {"succeeded"})
+        with stack.worker.log_path.open() as handle:
+            handle.seek(log_start)
+            lines = [json.loads(line) for line in handle if line.startswith("{")]
+        mine = [line for line in lines if line.get("job_id") == job_id]
+        assert mine, "no JSON log line carried the job id"
+        assert all(line["task_name"] == "conveyor.diagnostics.run" for line in mine)
+        assert any(line["event"] == "queue.wait_exceeded" for line in mine)
+    finally:
+        stack.worker.stop()
+        stack.env.clear()
+        stack.env.update(saved)
+        stack.start_worker()

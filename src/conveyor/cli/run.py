@@ -105,11 +105,14 @@ def up(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
 ) -> None:
     """Start everything here: Redis (if none configured), migrations, API, worker, Beat."""
+    from conveyor.core.metrics_setup import prepare_multiprocess_dir
     from conveyor.local.embedded_redis import start_embedded_redis
     from conveyor.local.supervisor import Supervisor
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # One metrics directory for the API and every worker process, fresh for this run.
+    prepare_multiprocess_dir(wipe=True)
     env = dict(os.environ)
     env.setdefault("CONVEYOR_LOG_JSON", "false")
     supervisor = Supervisor(env=env)

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from conveyor.core.ledger import MAX_TRACEBACK_CHARS, iso
+from conveyor.core.metrics import dead_letters_total
 from conveyor.core.models import DeadLetter, Job, utcnow
 from conveyor.core.redaction import redact
 
@@ -53,6 +54,7 @@ def record(session: Session, failure: Failure) -> DeadLetter:
     )
     session.add(letter)
     session.flush()
+    dead_letters_total.labels(failure.task_name, failure.reason).inc()
     return letter
 
 

@@ -51,10 +51,25 @@ def _record_published(
         )
 
 
+def _take_over_logging(**_: Any) -> None:
+    # Connecting to setup_logging stops Celery from installing its own handlers.
+    from conveyor.core.logging import configure_logging
+
+    configure_logging()
+
+
 def install() -> None:
     global _installed
     if _installed:
         return
+    from conveyor.core import task_metrics
+
     signals.worker_process_init.connect(_reset_process_state, weak=False)
+    signals.before_task_publish.connect(task_metrics.stamp_enqueue_time, weak=False)
     signals.before_task_publish.connect(_record_published, weak=False)
+    signals.task_prerun.connect(task_metrics.task_started, weak=False)
+    signals.task_postrun.connect(task_metrics.task_finished, weak=False)
+    signals.worker_process_shutdown.connect(task_metrics.process_exiting, weak=False)
+    signals.worker_ready.connect(task_metrics.serve_worker_metrics, weak=False)
+    signals.setup_logging.connect(_take_over_logging, weak=False)
     _installed = True

@@ -1,0 +1,30 @@
+"""Choosing the shared metrics directory; must run before prometheus_client is imported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_multiprocess_dir(*, wipe: bool = False) -> Path | None:
+    """Set PROMETHEUS_MULTIPROC_DIR (CONVEYOR_METRICS_DIR, else data_dir/metrics)."""
+    from conveyor.core.settings import SettingsError, get_settings
+
+    existing = os.environ.get(ENV_VAR)
+    if existing:
+        path = Path(existing)
+    else:
+        try:
+            settings = get_settings()
+        except SettingsError:
+            return None  # the entry point reports the bad setting itself
+        path = (settings.metrics_dir or settings.data_dir / "metrics").resolve()
+    if wipe and path.exists():
+        # A fresh start: samples of processes from an earlier run must not be added in.
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV_VAR] = str(path)
+    return path
