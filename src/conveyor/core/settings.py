@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     queue_wait_threshold_seconds: float = Field(default=0.0, ge=0)
     # Where prefork worker processes share Prometheus metrics; default: data_dir/metrics.
     metrics_dir: Path | None = None
+    # A worker's own /metrics endpoint (every pool process of its machine); 0 = off.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=1025, ge=1, le=65535)
