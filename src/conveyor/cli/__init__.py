@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
 
-from conveyor.cli import dead_letters, jobs, keys, run, status
+from conveyor.cli import cleanup, dead_letters, jobs, keys, run, status
 from conveyor.core.settings import SettingsError, get_settings
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command()(run.api)
 app.command()(run.worker)
 app.command()(run.beat)
 app.command()(status.status)
+app.command()(cleanup.cleanup)
 app.add_typer(run.db_app, name="db")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")

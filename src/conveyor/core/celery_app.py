@@ -90,9 +90,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat keeps its schedule state with the rest of the local data.
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "beat_schedule": {
-            "purge-dead-letters": {
-                "task": "conveyor.maintenance.purge_dead_letters",
-                "schedule": timedelta(hours=6),
+            "cleanup": {
+                "task": "conveyor.maintenance.cleanup",
+                "schedule": timedelta(hours=1),
             },
         },
         # Logging is configured by Conveyor, not replaced by Celery.

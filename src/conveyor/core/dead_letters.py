@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from conveyor.core.ledger import MAX_TRACEBACK_CHARS, iso
@@ -111,16 +110,6 @@ def delete_letter(session: Session, letter: DeadLetter) -> None:
 
 def purge_older_than(session: Session, days: float, *, batch_size: int = 1000) -> int:
     """Delete in batches so a large purge never holds a long lock on the table."""
-    cutoff = datetime.now(UTC) - timedelta(days=days)
-    removed = 0
-    while True:
-        ids = list(
-            session.scalars(
-                select(DeadLetter.id).where(DeadLetter.failed_at < cutoff).limit(batch_size)
-            )
-        )
-        if not ids:
-            return removed
-        session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
-        session.commit()
-        removed += len(ids)
+    from conveyor.core.cleanup import prune_dead_letters
+
+    return prune_dead_letters(session, days, batch_size)

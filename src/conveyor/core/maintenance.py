@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from conveyor.core import dead_letters
+from conveyor.core import cleanup
 from conveyor.core.db import session_scope
-from conveyor.core.settings import get_settings
 from conveyor.core.task import ConveyorTask
 
 
-@shared_task(base=ConveyorTask, name="conveyor.maintenance.purge_dead_letters", track=False)
-def purge_dead_letters() -> int:
-    """Delete dead letters older than CONVEYOR_DEAD_LETTER_RETENTION_DAYS."""
+@shared_task(base=ConveyorTask, name="conveyor.maintenance.cleanup", track=False)
+def run_cleanup() -> dict[str, int]:
+    """Prune finished jobs, expired idempotency keys, old deliveries and dead letters."""
     with session_scope() as session:
-        return dead_letters.purge_older_than(session, get_settings().dead_letter_retention_days)
+        return cleanup.run_cleanup(session)
