@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api import dead_letters, diagnostics, health, jobs
+from conveyor.api import dead_letters, diagnostics, health, jobs, webhooks
 from conveyor.api.limits import BodySizeLimit
 from conveyor.core.metrics import http_latency, http_requests
 from conveyor.core.settings import Settings, get_settings
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "jobs", "description": "Every tracked job, its progress and its outcome."},
             {"name": "dead letters", "description": "Jobs that failed for good (admin)."},
             {"name": "diagnostics", "description": "Smoke-test a deployment (admin)."},
+            {"name": "webhooks", "description": "Signed event deliveries to your endpoints."},
             {"name": "health", "description": "Probes and metrics; no key needed."},
         ],
     )
@@ -145,4 +146,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics)
     for module in (health, jobs, dead_letters, diagnostics):
         app.include_router(module.router)
+    app.include_router(webhooks.router)
     return app

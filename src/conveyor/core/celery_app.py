@@ -15,6 +15,7 @@ from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, get_settin
 TASK_MODULES = [
     "conveyor.diagnostics.tasks",
     "conveyor.core.maintenance",
+    "conveyor.webhooks.tasks",
 ]
 
 _lock = threading.Lock()
@@ -93,6 +94,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "cleanup": {
                 "task": "conveyor.maintenance.cleanup",
                 "schedule": timedelta(hours=1),
+            },
+            "webhooks-dispatch-due": {
+                "task": "conveyor.webhooks.dispatch_due",
+                "schedule": timedelta(seconds=settings.webhook_dispatch_interval_seconds),
+                # A tick still queued when the next one is due is redundant: let it expire.
+                "options": {"expires": settings.webhook_dispatch_interval_seconds},
             },
         },
         # Logging is configured by Conveyor, not replaced by Celery.

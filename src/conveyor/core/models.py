@@ -196,6 +196,9 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     delivered_at: Mapped[datetime | None] = mapped_column()
 
+    # The dispatcher looks for pending deliveries that are due, every few seconds.
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
 
 class WebhookAttempt(Base):
     """The log of every delivery attempt: status code, duration and a response excerpt."""

@@ -82,6 +82,30 @@ class Settings(BaseSettings):
     # Consecutive failed attempts after which an endpoint is disabled.
     webhook_disable_after_failures: int = Field(default=50, ge=1)
 
+    # webhooks
+    # Seconds to wait before each retry of a failed delivery (about a day in all, like Svix).
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    # How often Beat publishes due deliveries (retries too long to wait in a worker).
+    webhook_dispatch_interval_seconds: float = Field(default=30.0, ge=1, le=3600)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            delays = [float(part) for part in parts]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+        if any(delay < 0 or delay > 7 * 86_400 for delay in delays) or len(delays) > 30:
+            raise ValueError("at most 30 delays, each between 0 and 604800 seconds")
+        return ",".join(parts)
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.webhook_retry_schedule.split(",") if part)
+
+    # end webhooks
+
     # Raise a queue.wait_exceeded event when a job waited longer than this (seconds; 0 = off).
     queue_wait_threshold_seconds: float = Field(default=0.0, ge=0)
     # Where prefork worker processes share Prometheus metrics; default: data_dir/metrics.
