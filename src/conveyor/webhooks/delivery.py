@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core.db import session_scope
+from conveyor.core.metrics import webhook_deliveries
 from conveyor.core.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from conveyor.core.netguard import BlockedDestination, GuardedBackend, NetPolicy, guarded_client
 from conveyor.core.settings import Settings, get_settings
@@ -231,6 +232,8 @@ def record(
     now = utcnow()
     if session.get(WebhookDelivery, target.delivery_id) is None:
         return None  # its endpoint was deleted while the request was out
+    outcome = "delivered" if result.ok else ("refused" if result.refused else "failed")
+    webhook_deliveries.labels(outcome).inc()
     session.add(
         WebhookAttempt(
             delivery_id=target.delivery_id,
