@@ -43,6 +43,8 @@ TEST_ENV = {
     "CONVEYOR_RETRY_BACKOFF_MAX": "5",
     "CONVEYOR_LOG_JSON": "false",
     "CONVEYOR_LOG_LEVEL": "INFO",
+    # Tests poll the API quickly with one key; the per-key limit has tests of its own.
+    "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "0",
     # Tasks that exist only for the tests (tests/integration/tasks.py).
     "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
 }

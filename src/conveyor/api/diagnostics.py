@@ -8,12 +8,14 @@ from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.api.deps import AdminDep
+from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Accepted, DiagnosticsRequest
 from conveyor.core.jobs import Submission, submit
 from conveyor.core.models import JobState
 from conveyor.diagnostics.tasks import TASK_NAME
 
-router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
+# IdempotentRoute: a retried POST with the same Idempotency-Key gets the same job back.
+router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"], route_class=IdempotentRoute)
 
 
 @router.post(
@@ -24,7 +26,8 @@ router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
     description=(
         "Runs `steps` steps of `step_seconds` each, reporting progress after each, and fails "
         "its first `fail_attempts` attempts: `transient` failures are retried with backoff "
-        "(up to 5 retries, then a dead letter), a `permanent` one is dead-lettered at once."
+        "(up to 5 retries, then a dead letter), a `permanent` one is dead-lettered at once. "
+        "With an `Idempotency-Key` header, a retry answers with the first job again."
     ),
 )
 async def start_diagnostics(body: DiagnosticsRequest, caller: AdminDep) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from conveyor.core.models import (
     DeadLetter,
-    IdempotencyRecord,
     Job,
     JobState,
     WebhookAttempt,
@@ -75,8 +74,9 @@ def prune_dead_letters(session: Session, days: float, batch_size: int) -> int:
 
 
 def prune_idempotency_keys(session: Session, batch_size: int) -> int:
-    condition = IdempotencyRecord.expires_at < datetime.now(UTC)
-    return delete_in_batches(session, IdempotencyRecord.id, condition, batch_size=batch_size)
+    from conveyor.core.idempotency import purge_expired
+
+    return purge_expired(session, batch_size)
 
 
 def prune_webhook_deliveries(session: Session, days: float, batch_size: int) -> int:
