@@ -234,3 +234,23 @@ def test_unauthenticated_and_unknown(stack: Stack) -> None:
         )
     with stack.client() as client:
         assert client.get("/api/v1/jobs/does-not-exist").status_code == 404
+
+
+def test_replay_with_idempotency_key_runs_once(stack: Stack, admin: httpx.Client) -> None:
+    job_id = submit_diagnostics(
+        admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
+    )
+    stack.wait_job(job_id, {"dead"})
+    letter = next(
+        item
+        for item in admin.get("/api/v1/dead-letters").json()["items"]
+        if item["job_id"] == job_id
+    )
+    url = f"/api/v1/dead-letters/{letter['id']}/replay"
+    first = admin.post(url, headers={"Idempotency-Key": f"replay-{letter['id']}"})
+    second = admin.post(url, headers={"Idempotency-Key": f"replay-{letter['id']}"})
+    assert first.status_code == second.status_code == 202
+    assert first.json()["job_id"] == second.json()["job_id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    replays = admin.get("/api/v1/jobs", params={"limit": 200}).json()["items"]
+    assert [job["replay_of"] for job in replays].count(job_id) == 1

@@ -7,11 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from conveyor.api.deps import AdminDep, SessionDep
+from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Purged, Replayed
 from conveyor.core import dead_letters, jobs
 from conveyor.core.models import DeadLetter, JobState
 
-router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
+router = APIRouter(
+    prefix="/api/v1/dead-letters", tags=["dead letters"], route_class=IdempotentRoute
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such dead letter."}
 }
@@ -68,6 +71,9 @@ def get_dead_letter(letter_id: str, _: AdminDep, session: SessionDep) -> dict[st
 def replay_dead_letter(letter_id: str, _: AdminDep, session: SessionDep) -> dict[str, Any]:
     letter = _letter(session, letter_id)
     job = jobs.replay(session, letter)
+    # Commit before answering: the idempotency layer records the answer in its own
+    # transaction, and SQLite would make it wait on this one.
+    session.commit()
     return {
         "dead_letter_id": letter.id,
         "job_id": job.id,

@@ -9,11 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import conveyor.webhooks.listener  # noqa: F401 - job outcomes seen by this process count too
 from conveyor.api.deps import CallerDep, SessionDep
+from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Problem
 from conveyor.core.models import WebhookEndpoint
 from conveyor.webhooks import events, service
 
-router = APIRouter(prefix="/api/v1/webhook-endpoints", tags=["webhooks"])
+router = APIRouter(
+    prefix="/api/v1/webhook-endpoints", tags=["webhooks"], route_class=IdempotentRoute
+)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such endpoint (or not yours)."}
 }
