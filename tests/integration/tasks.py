@@ -4,3 +4,113 @@ Each group of tests adds its own tasks in a section below.
 """
 
 from __future__ import annotations
+
+# --- locks and rate limits ---
+# Imports stay in this section so each section can be added or removed on its own.
+import json as _limits_json
+import time as _limits_time
+from typing import Any as _LimitsAny
+
+from celery import shared_task as _limits_shared_task
+
+from conveyor.core.redis_client import get_redis as _limits_redis
+from conveyor.core.task import ConveyorTask as _LimitsBase
+
+
+class UniqueProbe(_LimitsBase):
+    unique_for = 30
+    unique_key = "{name}"
+
+
+@_limits_shared_task(bind=True, base=UniqueProbe, name="tests.limits.unique_probe")
+def unique_probe(self: UniqueProbe, name: str, seconds: float = 1.0) -> int:
+    """Counts its runs per name, so a test can tell one run from two."""
+    runs = int(_limits_redis().incr(f"test:limits:runs:{name}"))
+    _limits_time.sleep(seconds)
+    return runs
+
+
+class OverlapProbe(_LimitsBase):
+    overlap_key = "probe:{group}"
+    overlap_ttl = 6.0  # renewed every 2 s while running; free 6 s after a kill -9
+    overlap_wait = 0.25
+
+
+@_limits_shared_task(bind=True, base=OverlapProbe, name="tests.limits.overlap_probe")
+def overlap_probe(self: OverlapProbe, group: str, seconds: float = 0.3) -> dict[str, _LimitsAny]:
+    """Records when it held the lock, and its Celery retry count."""
+    client = _limits_redis()
+    started = _limits_time.time()
+    client.set(f"test:limits:started:{self.request.id}", started)
+    _limits_time.sleep(seconds)
+    record = {
+        "job": self.request.id,
+        "start": started,
+        "end": _limits_time.time(),
+        "retries": self.request.retries,
+    }
+    client.rpush(f"test:limits:intervals:{group}", _limits_json.dumps(record))
+    return record
+
+
+class RateProbe(_LimitsBase):
+    rate = "20/s"
+    rate_limit_key = "probe-rate:{run}"
+    # A short own limit leaves room in the test's 30 s visibility timeout for long waits.
+    time_limit = 5
+    soft_time_limit = 4
+
+
+@_limits_shared_task(bind=True, base=RateProbe, name="tests.limits.rate_probe")
+def rate_probe(self: RateProbe, run: str) -> None:
+    """A ~10 ms job that records when it finished."""
+    _limits_time.sleep(0.01)
+    record = {"t": _limits_time.time(), "retries": self.request.retries}
+    _limits_redis().rpush(f"test:limits:rate:{run}", _limits_json.dumps(record))
+
+
+# --- effects ---
+# Imports stay in this section: other groups append their own sections to this module.
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from celery import shared_task  # noqa: E402
+
+from conveyor.core.effects import effect_once  # noqa: E402
+from conveyor.core.redis_client import get_redis  # noqa: E402
+from conveyor.core.task import ConveyorTask  # noqa: E402
+
+
+@shared_task(
+    bind=True,
+    base=ConveyorTask,
+    name="tests.effects.counted",
+    # Quick retries: a run that meets a claim in progress comes back within a second or two.
+    backoff_base=0.5,
+    backoff_max=2.0,
+    retry_max=10,
+)
+def effects_counted(
+    self: ConveyorTask,
+    key: str,
+    counter: str,
+    hold_seconds: float = 0.0,
+    fail_attempts: int = 0,
+) -> Any:
+    """INCR `counter` in Redis at most once per `key`: the effect whose count the tests check.
+
+    `<counter>:entered` counts runs that got into the effect; `<counter>:pid` is the process
+    holding it, so a test can kill it mid-effect. The first `fail_attempts` attempts raise
+    inside the effect, after entering it.
+    """
+    redis = get_redis()
+    with effect_once(key) as effect:
+        if not effect.done:
+            redis.incr(f"{counter}:entered")
+            redis.set(f"{counter}:pid", os.getpid())
+            if self.request.retries < fail_attempts:
+                raise ConnectionError(f"effect failed on attempt {self.request.retries + 1}")
+            time.sleep(hold_seconds)
+            effect.result = {"count": redis.incr(counter), "job_id": self.request.id}
+    return effect.result

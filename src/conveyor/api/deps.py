@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from conveyor.api.rate_limit import limit_api_key
 from conveyor.core import api_keys
 from conveyor.core.db import session_factory
 from conveyor.core.ledger import as_utc
@@ -56,6 +57,7 @@ def _unauthorized(message: str) -> HTTPException:
 
 def get_caller(
     request: Request,
+    response: Response,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
@@ -64,6 +66,8 @@ def get_caller(
     record = api_keys.authenticate(session, credentials.credentials)
     if record is None:
         raise _unauthorized("invalid or revoked API key")
+    # Before any work for the request; 429 with Retry-After when the key is over its limit.
+    limit_api_key(record.id, response)
     last_used = as_utc(record.last_used_at)
     now = utcnow()
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:

@@ -12,9 +12,10 @@ from typing import Any
 
 from celery import Celery
 from celery.canvas import Signature, _chain, chord, group
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conveyor.core import ledger
+from conveyor.core import ledger, unique
 from conveyor.core.celery_app import get_celery, queue_for
 from conveyor.core.db import session_scope
 from conveyor.core.events import publish_job
@@ -23,6 +24,8 @@ from conveyor.core.redis_client import cancel_key, get_redis
 
 # Headers Conveyor adds to the messages it publishes.
 HEADER_RECORDED = "conveyor_recorded"
+# The job's owner, so a task can key a rate limit or lock by it without reading the ledger.
+HEADER_OWNER = "conveyor_owner"
 # A cancel flag outlives any job that could still be running (the longest visibility window).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
 
@@ -37,26 +40,67 @@ class Submission:
     countdown: float | None = None
     replay_of: str | None = None
     job_id: str | None = None
+    # A unique job: while one with this key is queued or running, submit returns that one.
+    # Defaults to the task class's `unique_key` / `unique_for` (see conveyor.core.unique).
+    unique_key: str | None = None
+    unique_for: float | None = None
 
 
 def submit(submission: Submission, *, app: Celery | None = None) -> Job:
-    """Record the job, then publish it. Returns the ledger row."""
+    """Record the job, then publish it. Returns the ledger row.
+
+    With a `job_id` that is already recorded (a deterministic id submitted again), the
+    existing job is returned and nothing is published.
+    """
     app = app or get_celery()
     job_id = submission.job_id or str(uuid.uuid4())
     queue = submission.queue or queue_for(submission.task_name)
-    with session_scope() as session:
-        job = ledger.create_job(
-            session,
-            ledger.NewJob(
-                id=job_id,
-                name=submission.task_name,
-                queue=queue,
-                owner=submission.owner,
-                args=submission.args,
-                kwargs=submission.kwargs,
-                replay_of=submission.replay_of,
-            ),
-        )
+    if submission.job_id is not None:
+        with session_scope() as session:
+            existing = session.get(Job, job_id)
+        if existing is not None:
+            return existing
+    headers = {HEADER_RECORDED: "1"}
+    if submission.owner:
+        headers[HEADER_OWNER] = submission.owner
+    claim = unique.spec_for(
+        submission.task_name,
+        submission.args,
+        submission.kwargs,
+        owner=submission.owner,
+        unique_key=submission.unique_key,
+        unique_for=submission.unique_for,
+        app=app,
+    )
+    if claim is not None:
+        # A claim whose row never gets committed is replaced by the next submit (unique.py).
+        existing = unique.claim_or_existing(claim, job_id)
+        if existing is not None:
+            return existing
+        headers[unique.HEADER] = "1"
+    try:
+        with session_scope() as session:
+            job = ledger.create_job(
+                session,
+                ledger.NewJob(
+                    id=job_id,
+                    name=submission.task_name,
+                    queue=queue,
+                    owner=submission.owner,
+                    args=submission.args,
+                    kwargs=submission.kwargs,
+                    replay_of=submission.replay_of,
+                ),
+            )
+    except IntegrityError:
+        # Two submits of the same id at once: the primary key let one in; answer with it.
+        if submission.job_id is None:
+            raise
+        with session_scope() as session:
+            existing = session.get(Job, job_id)
+        if existing is None:
+            raise
+        return existing
     try:
         app.send_task(
             submission.task_name,
@@ -65,12 +109,14 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
             task_id=job_id,
             queue=queue,
             countdown=submission.countdown,
-            headers={HEADER_RECORDED: "1"},
+            headers=headers,
         )
     except Exception as exc:
         # The broker refused it: the ledger must not show a job that will never run.
         with session_scope() as session:
             ledger.mark_failed(session, job_id, exc, None, state=JobState.FAILED)
+        if claim is not None:
+            unique.release_job(job_id)
         raise
     return job
 
@@ -81,6 +127,7 @@ def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:
         return False
     session.commit()
     get_redis().set(cancel_key(job.id), "1", ex=CANCEL_FLAG_SECONDS)
+    unique.release_job(job.id)  # a cancelled job no longer blocks its unique key
     # Workers drop a revoked message they have not started; the ledger check covers restarts.
     (app or get_celery()).control.revoke(job.id)
     session.refresh(job)

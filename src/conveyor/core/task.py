@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+import random
+import secrets
+import time
+from typing import Any, ClassVar, NoReturn
 
 from celery import Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from redis.exceptions import RedisError
+from sqlalchemy import case, literal, update
 from sqlalchemy.orm import Session
 
-from conveyor.core import dead_letters, ledger, outcomes
+from conveyor.core import dead_letters, ledger, locks, outcomes, rate_limit, unique
 from conveyor.core.celery_app import queue_for
 from conveyor.core.db import session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
 from conveyor.core.events import publish_job
-from conveyor.core.models import TERMINAL_STATES, Job, JobState
+from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
+from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
 from conveyor.core.redis_client import cancel_key, get_redis
 from conveyor.core.settings import get_settings
 
@@ -25,6 +31,23 @@ log = logging.getLogger(__name__)
 EXTRA_DELIVERIES = 3
 # Where the per-run session lives: on the request, which Celery makes anew for every run.
 SESSION_ATTRIBUTE = "conveyor_session"
+# Read by the metrics signal handlers (task_metrics) to count a run as cancelled.
+CANCELLED_ATTRIBUTE = "conveyor_cancelled"
+
+# Headers of a job re-published to wait for a lock or a rate limit: why it waits (the ledger
+# is written only when the reason changes) and the rate-limit slot it booked.
+HEADER_WAITING = "conveyor_waiting"
+HEADER_RATE_TICKET = "conveyor_rate_ticket"
+# A waiting job is held unacknowledged by a worker until its countdown ends; never longer
+# than this, whatever the visibility timeout allows.
+MAX_WAIT_DELAY = 60.0
+MIN_WAIT_DELAY = 0.05
+# Waits this short are slept in place: cheaper than re-publishing, and more precise.
+SLEEP_IN_PLACE = 0.05
+# A booked rate-limit slot is honoured this long after its time (scheduling jitter); a job
+# later than that (a busy or restarted worker) asks the limiter again, so late jobs never
+# bunch up into a burst above the rate.
+TICKET_GRACE = 0.1
 
 
 class ConveyorTask(Task[..., Any]):
@@ -35,6 +58,17 @@ class ConveyorTask(Task[..., Any]):
       retry_max         retries after the first attempt (default: CONVEYOR_RETRY_MAX_ATTEMPTS)
       backoff_base, backoff_max   seconds, for exponential backoff with full jitter
       transient_errors, permanent_errors      override the default classification
+
+    Limits (docs/patterns-limits.md). A key setting is a str.format template over the job's
+    arguments ("customer:{customer_id}", "{0}", "{owner}"), a function f(args, kwargs), or a
+    method (self, args, kwargs):
+      unique_for, unique_key      one queued-or-running job per key (checked by `submit`)
+      overlap_key                 jobs with the same key never run at the same time
+      overlap_ttl, overlap_wait   lock expiry (renewed while running), seconds between checks
+      rate, rate_limit_key        "10/s"-style limit shared by all workers; key defaults to
+                                  the task name
+    A job waiting for a lock or the rate limit is re-published with a countdown: it holds no
+    worker slot, spends no retry attempt, and the ledger shows it queued, "waiting for ...".
     """
 
     abstract = True
@@ -44,6 +78,15 @@ class ConveyorTask(Task[..., Any]):
     backoff_max: ClassVar[float | None] = None
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     permanent_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    unique_for: ClassVar[float | None] = None
+    unique_key: ClassVar[locks.KeySpec | None] = None
+    overlap_key: ClassVar[locks.KeySpec | None] = None
+    # Short expiry, renewed every third of it while the job runs: a killed holder frees the
+    # key within overlap_ttl seconds, a live one keeps it up to its time limit.
+    overlap_ttl: ClassVar[float] = 30.0
+    overlap_wait: ClassVar[float] = 1.0
+    rate: ClassVar[str | rate_limit.Rate | None] = None
+    rate_limit_key: ClassVar[locks.KeySpec | None] = None
 
     # --- settings-derived limits -------------------------------------------------------
 
@@ -118,11 +161,14 @@ class ConveyorTask(Task[..., Any]):
         request = self.request
         if request.called_directly or request.id is None:
             return self.run(*args, **kwargs)
+        lock: locks.Lock | None = None
         try:
+            # Admission first: a job that must wait never touches its ledger row's attempts.
+            lock = self._admit(args, kwargs)
             if self.track and not self._begin(args, kwargs):
                 return None
             return self.run(*args, **kwargs)
-        except Retry:
+        except (Retry, Ignore, Reject):
             raise
         except JobCancelled:
             self._finish_cancelled()
@@ -137,6 +183,8 @@ class ConveyorTask(Task[..., Any]):
                 ) from exc
             raise
         finally:
+            if lock is not None:
+                _release_lock(lock)
             self._close_session()
 
     def _begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -147,7 +195,12 @@ class ConveyorTask(Task[..., Any]):
             )
             if job is None:
                 log.info("job %s is cancelled or finished; skipping delivery", self.request.id)
+                self._release_unique(self.request.id)
                 return False
+            if job.progress_message and job.progress_message == getattr(
+                self.request, HEADER_WAITING, None
+            ):
+                job.progress_message = None  # it waited; now it runs
             snapshot = ledger.job_to_dict(job)
             parent_id = job.parent_id
             too_many = job.attempts > self.max_retry_count() + 1 + EXTRA_DELIVERIES
@@ -165,6 +218,7 @@ class ConveyorTask(Task[..., Any]):
 
     def _finish_cancelled(self) -> None:
         job_id = self.request.id
+        setattr(self.request, CANCELLED_ATTRIBUTE, True)  # metrics: cancelled, not succeeded
         if not self.track or job_id is None:
             return
         with session_scope() as session:
@@ -173,6 +227,168 @@ class ConveyorTask(Task[..., Any]):
             snapshot = ledger.job_to_dict(job) if job else None
         if snapshot:
             publish_job(snapshot)
+        self._release_unique(job_id, always=True)
+
+    # --- admission: the non-overlap lock and the rate limit ---------------------------------
+
+    def hard_time_limit(self) -> float:
+        timelimit = self.request.timelimit
+        hard = timelimit[0] if timelimit else None
+        return float(hard or self.time_limit or get_settings().task_time_limit)
+
+    def max_wait_delay(self) -> float:
+        """The longest countdown for a waiting job.
+
+        The worker that receives it holds it unacknowledged until the countdown ends, then
+        runs it; both must fit in the visibility timeout, or Redis hands it out twice.
+        """
+        return max_wait_delay(get_settings().visibility_timeout, self.hard_time_limit())
+
+    def _job_key(self, attribute: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        spec = locks.raw_setting(self, attribute)
+        if spec is None:
+            return None
+        extra = {"owner": getattr(self.request, HEADER_OWNER, None)}
+        return locks.render_key(spec, args, kwargs, task=self, extra=extra, what=attribute)
+
+    def _admit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> locks.Lock | None:
+        while True:
+            try:
+                return self._try_admit(args, kwargs)
+            except _WaitInPlace as wait:
+                time.sleep(wait.delay)
+
+    def _try_admit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> locks.Lock | None:
+        """Take the overlap lock, then pass the rate limit; or re-publish the job to wait.
+
+        The lock comes first because giving it back is free, while a rate-limit slot taken
+        by a job that then waits for the lock would be wasted.
+        """
+        overlap = self._job_key("overlap_key", args, kwargs)
+        rate = None if self.rate is None else rate_limit.parse_rate(self.rate)
+        if overlap is None and rate is None:
+            return None
+        job_id = self.request.id
+        if job_id and get_redis().exists(cancel_key(job_id)):
+            return None  # cancelled: _begin skips it; it must not wait for anything first
+        lock = None
+        if overlap is not None:
+            lock = locks.Lock(overlap, self.overlap_ttl, token=f"{job_id}:{secrets.token_hex(8)}")
+            if not lock.acquire():
+                # Check again when the holder's lock would expire, if that comes sooner.
+                delay = min(self.overlap_wait, max(lock.retry_after, MIN_WAIT_DELAY))
+                self._wait(
+                    args, kwargs, delay * random.uniform(0.8, 1.2), f"waiting for lock {overlap}"
+                )
+            # Renewal ends with the time limit: a hung holder cannot keep the key for ever.
+            lock.start_renewing(max_hold=self.hard_time_limit() + lock.ttl)
+        if rate is None:
+            return lock
+        key = self._job_key("rate_limit_key", args, kwargs) or self.name
+        try:
+            delay, ticket = self._rate_wait(rate, key)
+        except BaseException:
+            if lock is not None:
+                _release_lock(lock)
+            raise
+        if delay <= 0:
+            return lock
+        if ticket is not None and delay <= SLEEP_IN_PLACE:
+            time.sleep(delay)  # a booked slot moments away
+            return lock
+        if lock is not None:
+            _release_lock(lock)
+        self._wait(args, kwargs, delay, f"waiting for rate limit {key}", ticket=ticket)
+
+    def _rate_wait(self, rate: rate_limit.Rate, key: str) -> tuple[float, dict[str, Any] | None]:
+        """Seconds this run must wait for the rate limit (0: go now), and the slot it booked
+        (None: nothing booked, ask again after the wait)."""
+        now = time.time()
+        ticket = getattr(self.request, HEADER_RATE_TICKET, None)
+        if isinstance(ticket, dict) and ticket.get("key") == key:
+            wait = ticket_wait(float(ticket.get("at", 0)), now, grace=TICKET_GRACE)
+            if wait is not None:
+                return wait, (ticket if wait > 0 else None)
+        horizon = self.max_wait_delay()
+        decision = rate_limit.reserve(key, rate, horizon=horizon)
+        if decision.allowed:
+            return 0.0, None
+        if decision.reserved:
+            return decision.retry_after, {"key": key, "at": now + decision.retry_after}
+        # Slots are booked as far as the horizon: come back once part of it has drained,
+        # spread out so the waiters do not all return together.
+        return max(decision.retry_after, horizon / 2) * random.uniform(1.0, 1.5), None
+
+    def _wait(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        delay: float,
+        reason: str,
+        *,
+        ticket: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Re-publish this job to run after `delay` seconds, and end this delivery.
+
+        Same task id, same retry count, same options (chains, chords, time limits): waiting
+        is not an attempt. Ignore acknowledges the current message without a failure.
+        """
+        request = self.request
+        delay = min(max(delay, MIN_WAIT_DELAY), self.max_wait_delay())
+        if request.is_eager:
+            # apply() / task_always_eager: a re-publish would run at once, recursively.
+            raise _WaitInPlace(delay)
+        headers = dict(request.headers or {})
+        headers[HEADER_RECORDED] = "1"
+        headers[HEADER_WAITING] = reason
+        if ticket is None:
+            headers.pop(HEADER_RATE_TICKET, None)
+        else:
+            headers[HEADER_RATE_TICKET] = ticket
+        if reason != getattr(request, HEADER_WAITING, None):
+            # Before publishing: the new message must not start before this write lands.
+            self._note_waiting(reason)
+        again = self.signature_from_request(request, args, kwargs, countdown=delay, headers=headers)
+        try:
+            again.apply_async()
+        except Exception as exc:
+            # Not published: give the message back rather than lose the job.
+            log.warning("could not re-publish waiting job %s: %s", request.id, exc)
+            raise Reject(exc, requeue=True) from exc
+        log.debug("job %s %s; again in %.2fs", request.id, reason, delay)
+        raise Ignore()
+
+    def _note_waiting(self, reason: str) -> None:
+        """Show the wait in the ledger: state queued (a redelivered 'started' job goes back),
+        the reason as its progress message."""
+        job_id = self.request.id
+        if not self.track or job_id is None:
+            return
+        with session_scope() as session:
+            statement = (
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(ledger.ACTIVE_STATES))
+                .values(
+                    state=case(
+                        (Job.state == JobState.STARTED, literal(JobState.QUEUED.value)),
+                        else_=Job.state,
+                    ),
+                    progress_message=reason[:500],
+                    updated_at=utcnow(),
+                )
+                .returning(Job)
+                .execution_options(synchronize_session=False, populate_existing=True)
+            )
+            job = session.scalars(statement).first()
+            snapshot = ledger.job_to_dict(job) if job else None
+        if snapshot:
+            publish_job(snapshot)
+
+    def _release_unique(self, job_id: str | None, *, always: bool = False) -> None:
+        """Free the job's unique key; `always` where the request may not say it has one
+        (the worker's main process after a hard time limit)."""
+        if job_id and (always or getattr(self.request, unique.HEADER, None)):
+            unique.release_job(job_id)
 
     # --- lifecycle hooks ---------------------------------------------------------------
 
@@ -181,6 +397,7 @@ class ConveyorTask(Task[..., Any]):
             return
         with session_scope() as session:
             self._after_transition(session, ledger.mark_succeeded(session, task_id, retval))
+        self._release_unique(task_id)
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -247,6 +464,7 @@ class ConveyorTask(Task[..., Any]):
             )
             if tracked:
                 self._after_transition(session, job)
+        self._release_unique(task_id, always=True)
         log.error("job %s of %s is now a dead letter (%s): %s", task_id, self.name, reason, exc)
 
     def _after_transition(self, session: Session, job: Job | None) -> None:
@@ -266,6 +484,35 @@ class ConveyorTask(Task[..., Any]):
             publish_job(parent_snapshot)
         if job.state in TERMINAL_STATES:
             outcomes.emit({**snapshot, "owner": job.owner})
+
+
+class _WaitInPlace(Exception):
+    """An eager run (no worker, no broker) waits by sleeping instead."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.delay = delay
+
+
+def max_wait_delay(visibility_timeout: float, time_limit: float) -> float:
+    """Half the time the visibility timeout leaves beyond the task's time limit, at most
+    MAX_WAIT_DELAY: the countdown plus the run must end before Redis redelivers."""
+    return max(MIN_WAIT_DELAY, min(MAX_WAIT_DELAY, (visibility_timeout - time_limit) / 2))
+
+
+def ticket_wait(at: float, now: float, *, grace: float) -> float | None:
+    """For a booked rate-limit slot at `at`: seconds still to wait (0: go), or None when the
+    slot is too far past to honour."""
+    if at > now:
+        return at - now
+    return 0.0 if now - at <= grace else None
+
+
+def _release_lock(lock: locks.Lock) -> None:
+    try:
+        lock.release()
+    except RedisError as exc:
+        log.warning("releasing lock %s failed (it expires by itself): %s", lock.name, exc)
 
 
 def _traceback_text(einfo: Any) -> str | None:

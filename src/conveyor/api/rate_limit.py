@@ -1,0 +1,57 @@
+"""Requests per minute per API key (CONVEYOR_API_RATE_LIMIT_PER_MINUTE; 0 turns it off).
+
+The limit is GCRA on Redis (conveyor.core.rate_limit), so it holds across every API process:
+a key may send its whole minute's worth at once, then one request per 60/N seconds. Over
+the limit: 429 with `Retry-After` (whole seconds) and `{"detail": ...}`. Every answer under
+the limit carries `X-RateLimit-Limit` and `X-RateLimit-Remaining`.
+
+`get_caller` (api/deps.py) applies it to every authenticated route; health and metrics
+routes take no key and are never limited. `api_rate_limit` is the same check as a
+dependency of its own, for routes that authenticate some other way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import HTTPException, Request, Response, status
+from redis.exceptions import RedisError
+
+from conveyor.core.rate_limit import Rate, acquire, retry_after_header
+from conveyor.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "api:key:"
+
+
+def limit_api_key(key_id: str, response: Response | None = None) -> None:
+    """Count one request against the key's limit; raise 429 when it is over."""
+    per_minute = get_settings().api_rate_limit_per_minute
+    if per_minute <= 0:
+        return
+    try:
+        decision = acquire(KEY_PREFIX + key_id, Rate(per_minute, 60.0, burst=per_minute))
+    except RedisError as exc:
+        # Fail open: a Redis blip must not turn every request away; the limit is protection.
+        log.warning("API rate limit not checked (Redis unavailable): %s", exc)
+        return
+    if not decision.allowed:
+        wait = retry_after_header(decision.retry_after)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"rate limit of {per_minute} requests per minute for this API key exceeded; "
+            f"retry in {wait} s",
+            headers={"Retry-After": wait, "X-RateLimit-Limit": str(per_minute)},
+        )
+    if response is not None:
+        response.headers["X-RateLimit-Limit"] = str(per_minute)
+        response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+
+
+def api_rate_limit(request: Request, response: Response) -> None:
+    """Dependency: limit the caller that `get_caller` put on the request (keyless: no-op)."""
+    caller = getattr(request.state, "caller", None)
+    key_id = getattr(caller, "key_id", None)
+    if isinstance(key_id, str):
+        limit_api_key(key_id, response)
