@@ -15,7 +15,7 @@ from celery.canvas import Signature, _chain, chord, group
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conveyor.core import ledger, unique
+from conveyor.core import ledger, outcomes, unique
 from conveyor.core.celery_app import get_celery, queue_for
 from conveyor.core.db import session_scope
 from conveyor.core.events import publish_job
@@ -131,7 +131,9 @@ def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:
     # Workers drop a revoked message they have not started; the ledger check covers restarts.
     (app or get_celery()).control.revoke(job.id)
     session.refresh(job)
-    publish_job(ledger.job_to_dict(job))
+    snapshot = ledger.job_to_dict(job)
+    publish_job(snapshot)
+    outcomes.emit({**snapshot, "owner": job.owner})
     return True
 
 

@@ -20,6 +20,7 @@ from conveyor.core.db import session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
 from conveyor.core.events import publish_job
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
+from conveyor.core.metrics import rate_limit_delays
 from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
 from conveyor.core.redis_client import cancel_key, get_redis
 from conveyor.core.settings import get_settings
@@ -356,6 +357,8 @@ class ConveyorTask(Task[..., Any]):
             log.warning("could not re-publish waiting job %s: %s", request.id, exc)
             raise Reject(exc, requeue=True) from exc
         log.debug("job %s %s; again in %.2fs", request.id, reason, delay)
+        cause = "lock" if reason.startswith("waiting for lock") else "rate_limit"
+        rate_limit_delays.labels(self.name, cause).observe(delay)
         raise Ignore()
 
     def _note_waiting(self, reason: str) -> None:
@@ -472,18 +475,25 @@ class ConveyorTask(Task[..., Any]):
         if job is None:
             return
         snapshot = ledger.job_to_dict(job)
+        finished_parent: dict[str, Any] | None = None
         parent_snapshot = None
         if job.parent_id:
             if job.state in (JobState.DEAD, JobState.FAILED) and job.workflow_stage is not None:
                 ledger.cancel_later_stages(session, job.parent_id, job.workflow_stage)
+            before = session.get(Job, job.parent_id)
+            was_finished = before is not None and before.state in TERMINAL_STATES
             parent = ledger.refresh_parent(session, job.parent_id)
             parent_snapshot = ledger.job_to_dict(parent) if parent else None
+            if parent is not None and parent.state in TERMINAL_STATES and not was_finished:
+                finished_parent = {**ledger.job_to_dict(parent), "owner": parent.owner}
         session.commit()
         publish_job(snapshot)
         if parent_snapshot:
             publish_job(parent_snapshot)
         if job.state in TERMINAL_STATES:
             outcomes.emit({**snapshot, "owner": job.owner})
+        if finished_parent:
+            outcomes.emit(finished_parent)
 
 
 class _WaitInPlace(Exception):
