@@ -79,7 +79,7 @@ def _bare_app(tuned: bool) -> Celery:
             task_send_sent_event=False,
             # No rate limits are used: skip the token-bucket bookkeeping per message.
             worker_disable_rate_limits=True,
-            # Keep children for the whole run; recycling costs a fork + re-import.
+            # Keep pool processes for the whole run (the default; Conveyor recycles them).
             worker_max_tasks_per_child=None,
         )
     return app

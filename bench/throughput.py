@@ -15,11 +15,19 @@ Each scenario publishes all N messages first (timed on its own), then starts the
 The drain time runs from the worker's `worker_ready` signal (sent right after it starts
 consuming) until the counter every no-op INCRs reaches N and the queue is empty; for the
 tracked scenario also until the ledger shows N jobs succeeded. The scenarios run R rounds,
-interleaved, and the median of each is reported (this machine may be shared).
+interleaved, and the median of each is reported (this machine may be shared). The worker's
+CPU time per task (main process, pool processes) is reported too: it is steadier than the
+rate when other processes compete for the CPUs.
+
+Conveyor's workers recycle each pool process after CONVEYOR_WORKER_MAX_TASKS_PER_CHILD
+(1000) tasks. With the defaults (2000 tasks, 2 processes) that happens right at the end of
+the run, and a recycle sometimes holds the last messages until Celery's next pool check (it
+runs every 5 s): that is why Conveyor's per-round rates can differ by a second's worth.
 
 Then the API: uvicorn serving conveyor.api.app:create_app on the same Redis and PostgreSQL,
-loaded from a separate process (bench/_loadgen.py) with POST /api/v1/diagnostics/jobs. No
-worker runs there; the queue is flushed afterwards.
+loaded from a separate process (bench/_loadgen.py) with POST /api/v1/diagnostics/jobs: a
+loaded pass (1000 requests, 16 concurrent clients), then a short one-at-a-time pass for the
+unloaded latency. No worker runs there; the queue is flushed afterwards.
 
 --diagnose adds untracked runs with one of Conveyor's worker settings changed at a time, to
 show where the gap to bare Celery comes from.
@@ -40,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +160,8 @@ class Setup:
             CONVEYOR_REDIS_URL=self.redis_url,
             CONVEYOR_DATABASE_URL=self.pg_url,
             CONVEYOR_DATA_DIR=str(self.work_dir / "conveyor-data"),
-            # The same level the bare workers get from --loglevel WARNING.
+            # Conveyor's workers take over logging (setup_logging signal) and ignore
+            # --loglevel: this is how they get the WARNING the bare workers are given.
             CONVEYOR_LOG_LEVEL="WARNING",
             CONVEYOR_LOG_JSON="false",
         )
@@ -189,7 +199,7 @@ def _proc_stat(pid: int) -> list[str]:
 
 
 def worker_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by a worker's main process, and by its pool children.
+    """CPU seconds used so far by a process (all threads), and by its (pool) children.
 
     Children count whether alive (their own times) or already reaped after a recycle
     (the parent's cutime/cstime).
@@ -213,24 +223,85 @@ def worker_cpu(pid: int) -> tuple[float, float]:
     return main, children
 
 
-def busy_elsewhere() -> float:
-    """CPU seconds per second used by processes other than this one, over half a second."""
+class OtherCpu(threading.Thread):
+    """Samples /proc twice a second: CPU time of processes that are not this benchmark's.
 
-    def total_busy() -> float:
-        with open("/proc/stat") as stat:
-            fields = [float(x) for x in stat.readline().split()[1:]]
-        return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    Not counted: this process and its descendants (workers, uvicorn, load generator) and the
+    Redis and PostgreSQL servers, which the benchmark itself keeps busy. What is left (other
+    jobs on a shared machine) competes for the same CPUs and makes the figures noisy.
+    """
 
-    def own_busy() -> float:
-        times = os.times()
-        return times.user + times.system
+    IGNORED = frozenset({"redis-server", "postgres"})
 
-    ticks = os.sysconf("SC_CLK_TCK")
-    start_all, start_own, started = total_busy(), own_busy(), time.monotonic()
-    time.sleep(0.5)
-    elapsed = time.monotonic() - started
-    other = (total_busy() - start_all) / ticks - (own_busy() - start_own)
-    return max(0.0, other / elapsed)
+    def __init__(self) -> None:
+        super().__init__(name="other-cpu", daemon=True)
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.seconds = 0.0  # cumulative, since start
+        self._last: dict[int, int] = {}
+        self._stop_event = threading.Event()
+
+    def _sample(self) -> dict[int, tuple[int, str, int]]:
+        found: dict[int, tuple[int, str, int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            comm = text[text.find("(") + 1 : text.rfind(")")]
+            fields = text[text.rfind(")") + 2 :].split()
+            found[int(entry)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+        return found
+
+    def _tick(self) -> None:
+        sample = self._sample()
+        me = os.getpid()
+        mine: dict[int, bool] = {}
+
+        def is_mine(pid: int) -> bool:
+            chain = []
+            while pid not in mine:
+                if pid == me:
+                    mine[pid] = True
+                    break
+                if pid not in sample or pid <= 1:
+                    mine[pid] = False
+                    break
+                chain.append(pid)
+                pid = sample[pid][0]
+            for link in chain:
+                mine[link] = mine[pid]
+            return mine[pid]
+
+        other = 0
+        for pid, (_, comm, ticks) in sample.items():
+            if comm in self.IGNORED or is_mine(pid):
+                continue
+            other += ticks - self._last.get(pid, ticks if not self._last else 0)
+        self._last = {pid: ticks for pid, (_, _, ticks) in sample.items()}
+        self.seconds += max(0, other) / self.ticks
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.5):
+            with contextlib.suppress(Exception):
+                self._tick()
+
+    def start(self) -> None:
+        self._tick()  # the baseline: processes already running count from here on
+        self.seconds = 0.0
+        super().start()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+OTHER_CPU: OtherCpu | None = None
+
+
+def other_cpu_seconds() -> float:
+    return OTHER_CPU.seconds if OTHER_CPU is not None else 0.0
 
 
 # --- the throughput scenarios --------------------------------------------------------------
@@ -245,6 +316,7 @@ class Scenario:
     queue: str
     tracked: bool = False
     conf: str = ""  # settings laid over the app (diagnostics only), JSON
+    env: tuple[tuple[str, str], ...] = ()  # extra environment (diagnostics only)
 
 
 SCENARIOS = (
@@ -254,7 +326,7 @@ SCENARIOS = (
     Scenario("tracked", "ConveyorTask, tracked, PG", "conveyor", "tracked", "default", True),
 )
 
-# One of Conveyor's production settings changed at a time (see celery_app.celery_config).
+# Bare tuned's settings (bench/_tasks.py) laid over Conveyor's (celery_app.celery_config).
 TUNED_OVER_CONVEYOR = {
     "worker_prefetch_multiplier": 64,
     "worker_send_task_events": False,
@@ -266,24 +338,36 @@ TUNED_OVER_CONVEYOR = {
     "worker_max_memory_per_child": None,
     "worker_disable_rate_limits": True,
 }
-DIAGNOSTICS = tuple(
-    Scenario(f"diag-{key}", title, "conveyor", "untracked", "default", conf=json.dumps(conf))
-    for key, title, conf in (
-        ("prefetch4", "  prefetch multiplier 4 (not 1)", {"worker_prefetch_multiplier": 4}),
-        (
-            "noevents",
-            "  task events off",
-            {"worker_send_task_events": False, "task_send_sent_event": False},
-        ),
-        ("noresult", "  results not stored", {"task_ignore_result": True}),
-        (
-            "nolimits",
-            "  no time limits",
-            {"task_soft_time_limit": None, "task_time_limit": None},
-        ),
-        ("earlyack", "  early ack (not acks_late)", {"task_acks_late": False}),
-        ("astuned", "  all of bare tuned's settings", TUNED_OVER_CONVEYOR),
-    )
+# One of Conveyor's production settings changed at a time, on the untracked scenario.
+DIAGNOSTICS = (
+    *(
+        Scenario(f"diag-{key}", title, "conveyor", "untracked", "default", conf=json.dumps(conf))
+        for key, title, conf in (
+            ("prefetch4", "  prefetch multiplier 4 (not 1)", {"worker_prefetch_multiplier": 4}),
+            (
+                "noevents",
+                "  task events off",
+                {"worker_send_task_events": False, "task_send_sent_event": False},
+            ),
+            ("norecycle", "  no max tasks per child", {"worker_max_tasks_per_child": None}),
+            ("noresult", "  results not stored", {"task_ignore_result": True}),
+            (
+                "nolimits",
+                "  no time limits",
+                {"task_soft_time_limit": None, "task_time_limit": None},
+            ),
+            ("earlyack", "  early ack (not acks_late)", {"task_acks_late": False}),
+            ("astuned", "  all of bare tuned's settings", TUNED_OVER_CONVEYOR),
+        )
+    ),
+    Scenario(
+        "diag-info",
+        "  log level INFO, JSON (defaults)",
+        "conveyor",
+        "untracked",
+        "default",
+        env=(("CONVEYOR_LOG_LEVEL", "INFO"), ("CONVEYOR_LOG_JSON", "true")),
+    ),
 )
 
 
@@ -296,6 +380,7 @@ class Result:
     done: int
     cpu_main: float  # worker CPU seconds from ready to done: the main process...
     cpu_children: float  # ...and the pool processes
+    other_cpus: float  # CPUs used by unrelated processes during the drain, on average
     timed_out: bool = False
 
     @property
@@ -329,8 +414,8 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
     r.flushdb()
     if scenario.tracked:
         with psycopg.connect(setup.pg_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE jobs, dead_letters")
-    env = setup.env(scenario.app, scenario.conf)
+            conn.execute("TRUNCATE jobs, dead_letters CASCADE")
+    env = dict(setup.env(scenario.app, scenario.conf), **dict(scenario.env))
     log = setup.work_dir / f"{scenario.key}.worker.log"
 
     # 1. Publish every message (timed on its own, not part of the drain).
@@ -361,9 +446,12 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
     worker = spawn(argv, env, log)
     try:
         ready_at = _wait_ready(worker, r, log)
-        cpu_at_ready = worker_cpu(worker.pid)
+        cpu_at_ready, other_at_ready = worker_cpu(worker.pid), other_cpu_seconds()
         done, finished_at, timed_out = _wait_drained(setup, scenario, worker, r, ready_at, log)
         cpu_at_done = worker_cpu(worker.pid)
+        # The watcher samples every 0.5 s: let it see the end of the drain.
+        time.sleep(0.6)
+        other = other_cpu_seconds() - other_at_ready
     finally:
         stop(worker)
     if done > n:
@@ -376,6 +464,7 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
         done=min(done, n),
         cpu_main=cpu_at_done[0] - cpu_at_ready[0],
         cpu_children=cpu_at_done[1] - cpu_at_ready[1],
+        other_cpus=other / max(finished_at - ready_at + 0.6, 0.001),
         timed_out=timed_out,
     )
 
@@ -432,7 +521,8 @@ def _wait_drained(
 # --- the API -------------------------------------------------------------------------------
 
 
-def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> dict[str, Any]:
+def run_api(setup: Setup, r: redis.Redis, passes: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """One uvicorn process; for each (requests, concurrency) pass, one load generator run."""
     from conveyor.core import api_keys
     from conveyor.core.db import dispose_all, session_scope
 
@@ -441,10 +531,12 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
     with session_scope(settings) as session:
         key = api_keys.create_key(session, "bench", owner="admin", admin=True).plaintext
     dispose_all()
-    jobs_before = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs")
 
     port = free_port()
     env = setup.env("conveyor")
+    # The benchmark's one key sends far more than a client's 600 a minute: a limit no run
+    # reaches, so the per-request check still runs (and costs what it costs) but never says 429.
+    env["CONVEYOR_API_RATE_LIMIT_PER_MINUTE"] = "100000000"
     log = setup.work_dir / "api.log"
     # Like `conveyor api`: one process; no access log (that one runs with log_config=None,
     # so uvicorn's INFO access lines go nowhere).
@@ -455,7 +547,7 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
     ]  # fmt: skip
     api = spawn(argv, env, log)
     url = f"http://127.0.0.1:{port}"
-    warmup = 2 * concurrency
+    results = []
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -468,30 +560,41 @@ def run_api(setup: Setup, r: redis.Redis, requests: int, concurrency: int) -> di
                 raise RuntimeError(f"the API did not answer in 30s:\n{tail(log)}")
             time.sleep(0.1)
 
-        gen_argv = [
-            PYTHON, str(BENCH_DIR / "_loadgen.py"), url,
-            "--requests", str(requests), "--concurrency", str(concurrency),
-            "--warmup", str(warmup),
-        ]  # fmt: skip
-        load = subprocess.run(
-            gen_argv,
-            env=dict(env, BENCH_API_KEY=key),
-            cwd=BENCH_DIR,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if load.returncode != 0:
-            raise RuntimeError(f"the load generator failed:\n{load.stderr[-3000:]}")
-        result: dict[str, Any] = json.loads(load.stdout.strip().splitlines()[-1])
+        for requests, concurrency in passes:
+            jobs_before = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs")
+            warmup = 2 * concurrency
+            gen_argv = [
+                PYTHON, str(BENCH_DIR / "_loadgen.py"), url,
+                "--requests", str(requests), "--concurrency", str(concurrency),
+                "--warmup", str(warmup),
+            ]  # fmt: skip
+            cpu_before = worker_cpu(api.pid)[0]
+            load = subprocess.run(
+                gen_argv,
+                env=dict(env, BENCH_API_KEY=key),
+                cwd=BENCH_DIR,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            if load.returncode != 0:
+                raise RuntimeError(f"the load generator failed:\n{load.stderr[-3000:]}")
+            result: dict[str, Any] = json.loads(load.stdout.strip().splitlines()[-1])
+            # All of uvicorn's threads, warm-up requests included.
+            served = requests + warmup
+            result["cpu_ms_per_request"] = 1000 * (worker_cpu(api.pid)[0] - cpu_before) / served
+            result["warmup"] = warmup
+            result["ledger_rows_added"] = (
+                pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs") - jobs_before
+            )
+            result["queued_messages"] = r.llen("default")
+            r.flushdb()  # no worker will ever run these
+            results.append(result)
     finally:
         stop(api)
-    result["queued_messages"] = r.llen("default")
-    result["ledger_rows_added"] = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs") - jobs_before
-    result["warmup"] = warmup
-    r.flushdb()  # no worker will ever run these
-    return result
+        r.flushdb()
+    return results
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -505,15 +608,42 @@ def ratio_line(label: str, num: Summary, den: Summary, target: float | None = No
     return f"  {label:<28} {value:6.2f}{verdict}"
 
 
+BUSY = 0.25  # CPUs used by unrelated processes above which a run is marked
+
+
 def summary_line(summary: Summary, tasks: int) -> str:
-    runs = " ".join(f"{run.rate:.0f}" for run in summary.runs)
+    runs = " ".join(f"{run.rate:.0f}{'*' if run.other_cpus > BUSY else ''}" for run in summary.runs)
     flag = "  TIMED OUT" if any(run.timed_out for run in summary.runs) else ""
     return (
         f"  {summary.scenario.title:<32} {tasks / summary.median('enqueue_seconds'):>7.0f}/s "
         f"{summary.median('startup_seconds'):>7.2f}s {summary.median('drain_seconds'):>7.2f}s "
         f"{summary.rate:>8.0f} {summary.median('main_ms_per_task'):>7.2f} "
-        f"{summary.median('children_ms_per_task'):>6.2f}   [{runs}]{flag}"
+        f"{summary.median('children_ms_per_task'):>6.2f} "
+        f"{max(run.other_cpus for run in summary.runs):>6.2f}   [{runs}]{flag}"
     )
+
+
+def source_version() -> str:
+    """The commit being measured, and whether src/ had uncommitted changes."""
+    root = BENCH_DIR.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head}{' + uncommitted changes in src/' if dirty else ''}"
 
 
 def versions() -> str:
@@ -538,6 +668,9 @@ def main() -> int:
     parser.add_argument("--database", default="conveyor_bench", help="ledger database to create")
     parser.add_argument("--api-requests", type=int, default=1000)
     parser.add_argument("--api-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--api-serial", type=int, default=200, help="then this many one at a time (0: skip)"
+    )
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--diagnose", action="store_true", help="also run untracked variants")
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds per run")
@@ -567,16 +700,18 @@ def main() -> int:
     upgrade(setup.settings())
 
     print("Conveyor throughput benchmark")
+    print(f"  conveyor at {source_version()}")
     print(f"  python {platform.python_version()}; {versions()}")
     print(f"  {os.cpu_count()} CPUs; Redis {setup.redis_url}; ledger {setup.pg_url}")
     print(
         f"  {args.tasks} no-op tasks per run; worker -P prefork -c {args.concurrency}; "
         f"{args.rounds} round(s), medians shown"
     )
-    other = busy_elsewhere()
-    if other > 0.2:
-        print(f"  NOTE: other processes were using {other:.1f} CPUs when this started")
     print()
+    global OTHER_CPU
+    OTHER_CPU = OtherCpu()
+    OTHER_CPU.start()
+    run_started = time.monotonic()
 
     summaries = {s.key: Summary(s) for s in SCENARIOS}
     failed = False
@@ -590,7 +725,7 @@ def main() -> int:
         print(
             f"  {'':<32} {'':>9} {'':>8} {'':>8} {'':>8} {'worker CPU ms/task':>14}\n"
             f"  {'scenario':<32} {'enqueue':>9} {'startup':>8} {'drain':>8} {'tasks/s':>8} "
-            f"{'main':>7} {'pool':>6}"
+            f"{'main':>7} {'pool':>6} {'other':>6}"
         )
         for summary in summaries.values():
             print(summary_line(summary, args.tasks))
@@ -598,7 +733,9 @@ def main() -> int:
             "  enqueue: messages published per second by one process, before the worker "
             "starts\n  startup: worker spawn to ready; drain: ready to last task done\n"
             "  worker CPU: CPU time of the worker's main process and of its pool processes "
-            "during\n  the drain, per task; [...]: tasks/s of each round"
+            "during\n  the drain, per task; other: most CPUs used by unrelated processes (not "
+            "this\n  benchmark, Redis or PostgreSQL) during a drain; [...]: tasks/s of each "
+            f"round,\n  * where other processes used more than {BUSY} CPUs"
         )
         print()
         print("Ratios of drain rates (medians)")
@@ -621,34 +758,51 @@ def main() -> int:
         if not args.skip_api:
             print()
             print(
-                f"API submit latency: POST /api/v1/diagnostics/jobs, {args.api_requests} "
-                f"requests, {args.api_concurrency} concurrent clients, one uvicorn process, "
-                "no worker"
+                "API submit latency: POST /api/v1/diagnostics/jobs, one uvicorn process, no worker"
             )
-            api = run_api(setup, r, args.api_requests, args.api_concurrency)
-            print(
-                f"  p50 {api['p50_ms']:.1f} ms   p90 {api['p90_ms']:.1f} ms   "
-                f"p99 {api['p99_ms']:.1f} ms   max {api['max_ms']:.1f} ms   "
-                f"mean {api['mean_ms']:.1f} ms"
-            )
-            print(f"  {api['requests_per_second']:.0f} requests/s over {api['wall_seconds']:.2f}s")
-            print(
-                f"  statuses {api['statuses']}; ledger rows added {api['ledger_rows_added']} "
-                f"and messages queued {api['queued_messages']} (incl. {api['warmup']} warm-up; "
-                "flushed)"
-            )
-            for error in api["errors"]:
-                print(f"  error: {error}")
+            passes = [(args.api_requests, args.api_concurrency)]
+            if args.api_serial:
+                passes.append((args.api_serial, 1))
+            for api in run_api(setup, r, passes):
+                print(
+                    f"  {api['requests']} requests, {api['concurrency']} concurrent "
+                    f"client(s), after {api['warmup']} warm-up requests:"
+                )
+                print(
+                    f"    p50 {api['p50_ms']:.1f} ms   p90 {api['p90_ms']:.1f} ms   "
+                    f"p99 {api['p99_ms']:.1f} ms   max {api['max_ms']:.1f} ms   "
+                    f"mean {api['mean_ms']:.1f} ms"
+                )
+                print(
+                    f"    {api['requests_per_second']:.0f} requests/s; API process CPU "
+                    f"{api['cpu_ms_per_request']:.2f} ms per request; statuses "
+                    f"{api['statuses']}"
+                )
+                print(
+                    f"    ledger rows added {api['ledger_rows_added']}, messages queued "
+                    f"{api['queued_messages']} (then flushed)"
+                )
+                for error in api["errors"]:
+                    print(f"    error: {error}")
+        elapsed = time.monotonic() - run_started
+        busy = OTHER_CPU.seconds / elapsed
+        print()
+        print(
+            f"Unrelated processes used {busy:.2f} of {os.cpu_count()} CPUs on average during "
+            f"this run{' (figures are disturbed)' if busy > BUSY else ''}"
+        )
     except BaseException:
         failed = True
         raise
     finally:
+        OTHER_CPU.stop()
         r.flushdb()
         if failed or args.keep_logs:
             print(f"\nlogs kept in {work_dir}")
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
-    return 0
+    timed_out = any(run.timed_out for summary in summaries.values() for run in summary.runs)
+    return 1 if timed_out else 0
 
 
 if __name__ == "__main__":

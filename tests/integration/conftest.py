@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,40 @@ class Stack:
             return result
 
 
+def api_process(name: str, env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    """A uvicorn process serving the API on a free port; returns it and its base URL."""
+    port = free_port()
+    api = Process(
+        name,
+        [
+            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        ],
+        env,
+        log_dir / f"{name}-{port}.log",
+    )  # fmt: skip
+    return api, f"http://127.0.0.1:{port}"
+
+
+def api_answers(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def extra_api(stack: Stack, name: str, **overrides: str) -> Iterator[str]:
+    """Another API process on the stack's database and Redis, with some settings changed."""
+    api, base_url = api_process(name, {**stack.env, **overrides}, stack.tmp)
+    api.start()
+    try:
+        wait_for(lambda: api_answers(base_url), 30, f"the {name} API process to start")
+        yield base_url
+    finally:
+        api.stop()
+
+
 def _apply_env(env: dict[str, str]) -> None:
     for key in [k for k in os.environ if k.startswith("CONVEYOR_")]:
         del os.environ[key]
@@ -233,31 +268,14 @@ def stack(
     with db.session_scope() as session:
         admin_key = api_keys.create_key(session, "ops", owner="ops", admin=True).plaintext
 
-    port = free_port()
-    api = Process(
-        "api",
-        [
-            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env,
-        tmp / "api.log",
-    )  # fmt: skip
+    api, api_url = api_process("api", env, tmp)
     api.start()
-    api_url = f"http://127.0.0.1:{port}"
-
-    def api_up() -> bool:
-        try:
-            return httpx.get(f"{api_url}/health/live", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     placeholder = Process("worker", [], env, tmp / "worker.log")
     built = Stack(
         env=env, api_url=api_url, worker=placeholder, api=api, admin_key=admin_key, tmp=tmp
     )
     try:
-        wait_for(api_up, 30, "the API to start")
+        wait_for(lambda: api_answers(api_url), 30, "the API to start")
         built.start_worker()
         yield built
     finally:

@@ -46,9 +46,12 @@ def test_worker_children_are_recycled(config: dict[str, Any]) -> None:
     assert config["worker_max_memory_per_child"] > 0
 
 
-def test_events_are_sent(config: dict[str, Any]) -> None:
-    assert config["worker_send_task_events"] is True
-    assert config["task_send_sent_event"] is True
+def test_events_are_off_by_default_and_follow_the_setting(config: dict[str, Any]) -> None:
+    assert config["worker_send_task_events"] is False
+    assert config["task_send_sent_event"] is False
+    on = celery_config(Settings(task_events=True))
+    assert on["worker_send_task_events"] is True
+    assert on["task_send_sent_event"] is True
 
 
 def test_every_queue_is_declared(config: dict[str, Any]) -> None:

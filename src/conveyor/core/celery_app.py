@@ -83,9 +83,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_routing_key": "default",
         "task_create_missing_queues": False,
         "task_routes": (route_task,),
-        # Events on, so Flower and `celery events` work against these workers unchanged.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Events feed Flower and `celery events`. Flower enables them in running workers on
+        # its own; CONVEYOR_TASK_EVENTS=true turns them on from the start, sent events too.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "timezone": "UTC",
         "enable_utc": True,
         # Beat keeps its schedule state with the rest of the local data.

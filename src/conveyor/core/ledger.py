@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,7 +48,13 @@ def summarize_result(value: Any) -> Any:
     return {"truncated": True, "preview": encoded[:2000], "size": len(encoded)}
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
+def job_to_dict(job: Job | Mapping[str, Any]) -> dict[str, Any]:
+    """The API's view of a job, from an ORM row or a Core row mapping."""
+    source: Any = SimpleNamespace(**job) if isinstance(job, Mapping) else job
+    return _snapshot(source)
+
+
+def _snapshot(job: Any) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
@@ -173,6 +181,59 @@ def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> J
         # Sent by something that did not record it (another app's plain Celery client).
         job = _transition(session, new.id, ACTIVE_STATES, **values)
     return job
+
+
+# --- the hot path: Core statements on one connection ---------------------------------------
+#
+# Every tracked job starts and succeeds once; these two transitions dominate the ledger's
+# cost, so they skip the ORM (no session, no identity map) and return plain row mappings.
+# Each is one UPDATE ... RETURNING, atomic on its own: run them on `db.autocommit()`
+# connections, which spare the BEGIN and COMMIT round trips.
+
+JOBS = cast(Table, Job.__table__)
+
+
+def _fast_transition(
+    connection: Connection, job_id: str, allowed: tuple[str, ...], **values: Any
+) -> dict[str, Any] | None:
+    values.setdefault("updated_at", utcnow())
+    statement = (
+        update(JOBS)
+        .where(JOBS.c.id == job_id, JOBS.c.state.in_(allowed))
+        .values(**values)
+        .returning(*JOBS.c)
+    )
+    row = connection.execute(statement).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def start_attempt(
+    connection: Connection, job_id: str, *, worker_host: str | None
+) -> dict[str, Any] | None:
+    """mark_started for a job already in the ledger; None: missing, cancelled or finished."""
+    return _fast_transition(
+        connection,
+        job_id,
+        ACTIVE_STATES,
+        state=JobState.STARTED,
+        attempts=JOBS.c.attempts + 1,
+        started_at=utcnow(),
+        worker_host=worker_host,
+    )
+
+
+def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
+    return _fast_transition(
+        connection,
+        job_id,
+        ACTIVE_STATES,
+        state=JobState.SUCCEEDED,
+        result=summarize_result(result),
+        finished_at=utcnow(),
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
+    )
 
 
 def mark_progress(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import dead_letters, ledger, locks, outcomes, rate_limit, unique
 from conveyor.core.celery_app import queue_for
-from conveyor.core.db import session_factory, session_scope
+from conveyor.core.db import autocommit, session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
 from conveyor.core.events import publish_job
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
@@ -190,6 +190,29 @@ class ConveyorTask(Task[..., Any]):
 
     def _begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Mark the attempt started; False means this delivery must not run."""
+        request = self.request
+        if request.id and not getattr(request, HEADER_WAITING, None):
+            # The common case, on the fast path: a recorded job starting with no history.
+            with autocommit() as connection:
+                row = ledger.start_attempt(connection, request.id, worker_host=request.hostname)
+            if row is not None and row["parent_id"] is None:
+                snapshot = ledger.job_to_dict(row)
+                publish_job(snapshot)
+                if row["attempts"] <= self.max_retry_count() + 1 + EXTRA_DELIVERIES:
+                    return True
+                exc = RuntimeError(
+                    f"delivered {row['attempts']} times without finishing; "
+                    "the task may be crashing its worker"
+                )
+                self._dead_letter(request.id, exc, None, args, kwargs, reason="redelivered")
+                return False
+            if row is not None:
+                with session_scope() as session:
+                    ledger.refresh_parent(session, row["parent_id"])
+                    # Already started above: the rest of this method must not start it again.
+                    session.commit()
+                publish_job(ledger.job_to_dict(row))
+                return True
         with session_scope() as session:
             job = ledger.mark_started(
                 session, self._new_job(args, kwargs), worker_host=self.request.hostname
@@ -398,8 +421,15 @@ class ConveyorTask(Task[..., Any]):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if not self.track:
             return
-        with session_scope() as session:
-            self._after_transition(session, ledger.mark_succeeded(session, task_id, retval))
+        with autocommit() as connection:
+            row = ledger.finish_success(connection, task_id, retval)
+        if row is not None and row["parent_id"] is None:
+            snapshot = ledger.job_to_dict(row)
+            publish_job(snapshot)
+            outcomes.emit({**snapshot, "owner": row["owner"]})
+        elif row is not None:
+            with session_scope() as session:
+                self._after_transition(session, session.get(Job, task_id))
         self._release_unique(task_id)
 
     def on_retry(
