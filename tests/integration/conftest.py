@@ -280,7 +280,7 @@ def stack(
         yield built
     finally:
         built.worker.stop()
-        api.stop()
+        built.api.stop()  # a test may have restarted it with other settings
         db.dispose_all()
         redis.Redis.from_url(redis_url).flushdb()
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import multiprocessing
 import random
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from sqlalchemy import update
 
 from conveyor.core import api_keys, db, idempotency
 from conveyor.core.models import IdempotencyRecord
-from tests.integration.conftest import Process, Stack, free_port, wait_for
+from tests.integration.conftest import Stack, extra_api
 
 PATH = "/api/v1/diagnostics/jobs"
 HEADER = "Idempotency-Key"
@@ -62,30 +61,8 @@ def post(client: httpx.Client, body: dict[str, Any], key: str | None) -> httpx.R
 @pytest.fixture
 def second_api(stack: Stack) -> Iterator[str]:
     """Another uvicorn process on the same database and Redis, as in a scaled deployment."""
-    port = free_port()
-    api = Process(
-        "api2",
-        [
-            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        ],
-        stack.env,
-        stack.tmp / f"api2-{port}.log",
-    )  # fmt: skip
-    api.start()
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/health/live", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(up, 30, "the second API process to start")
+    with extra_api(stack, "api2") as url:
         yield url
-    finally:
-        api.stop()
 
 
 # --- the stampede: several client processes, two API processes ------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from conveyor.core.jobs import Submission, submit
 from conveyor.core.models import Job
 from conveyor.core.rate_limit import Rate, acquire, reserve
 from conveyor.core.task import TICKET_GRACE
-from tests.integration.conftest import Process, Stack, free_port, wait_for
+from tests.integration.conftest import Stack, extra_api, wait_for
 from tests.integration.test_locks import start_worker_process
 
 TASK = "tests.limits.rate_probe"
@@ -144,28 +143,8 @@ def test_rate_limited_task_shared_by_four_worker_processes(stack: Stack) -> None
 
 def test_http_limit_per_api_key(stack: Stack) -> None:
     per_minute = 5
-    port = free_port()
-    env = {**stack.env, "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": str(per_minute)}
-    api = Process(
-        "api-limited",
-        [
-            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env,
-        stack.tmp / "api-limited.log",
-    )  # fmt: skip
-    api.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health/live", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 30, "the limited API to start")
+    limit = {"CONVEYOR_API_RATE_LIMIT_PER_MINUTE": str(per_minute)}
+    with extra_api(stack, "api-limited", **limit) as base:
         busy = {"Authorization": f"Bearer {stack.key_for(f'busy-{uuid.uuid4().hex[:6]}')}"}
         calm = {"Authorization": f"Bearer {stack.key_for(f'calm-{uuid.uuid4().hex[:6]}')}"}
         with httpx.Client(base_url=base, timeout=10) as http:
@@ -185,5 +164,3 @@ def test_http_limit_per_api_key(stack: Stack) -> None:
             for _ in range(per_minute + 2):
                 assert http.get("/health/live").status_code == 200
             assert http.get("/metrics").status_code == 200
-    finally:
-        api.stop()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Process, Stack, free_port, submit_diagnostics, wait_for
+from tests.integration.conftest import Stack, extra_api, submit_diagnostics, wait_for
 
 
 def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: httpx.Client) -> None:
@@ -101,28 +100,7 @@ def test_metrics_aggregate_every_worker_process(stack: Stack, admin: httpx.Clien
 
 
 def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
-    port = free_port()
-    env = {**stack.env, "CONVEYOR_BROKER_URL": "redis://127.0.0.1:1/0"}
-    api = Process(
-        "api-no-broker",
-        [
-            sys.executable, "-m", "uvicorn", "--factory", "conveyor.api.app:create_app",
-            "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env,
-        stack.tmp / "api-no-broker.log",
-    )  # fmt: skip
-    api.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health/live", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 30, "the API without a broker to start")
+    with extra_api(stack, "api-no-broker", CONVEYOR_BROKER_URL="redis://127.0.0.1:1/0") as base:
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         response = httpx.post(
             f"{base}/api/v1/diagnostics/jobs", json={"steps": 1}, headers=headers, timeout=60
@@ -138,8 +116,6 @@ def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
         ).json()["items"]
         assert failed, "the refused job should be recorded as failed, not left queued"
         assert failed[0]["error"]["type"] == "OperationalError"
-    finally:
-        api.stop()
 
 
 def test_task_logs_are_json_with_job_id_and_wait_event(stack: Stack, admin: httpx.Client) -> None:
