@@ -296,3 +296,12 @@ def submit_diagnostics(client: httpx.Client, **body: Any) -> str:
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     return job_id
+
+
+def dead_letter_of(stack: Stack, client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Wait until the job is dead, then return its dead letter."""
+    stack.wait_job(job_id, {"dead"})
+    letters: list[dict[str, Any]] = client.get(
+        "/api/v1/dead-letters", params={"limit": 200}
+    ).json()["items"]
+    return next(item for item in letters if item["job_id"] == job_id)

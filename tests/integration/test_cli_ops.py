@@ -8,7 +8,7 @@ import sys
 
 import httpx
 
-from tests.integration.conftest import Stack, submit_diagnostics
+from tests.integration.conftest import Stack, dead_letter_of, submit_diagnostics
 
 
 def conveyor(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,12 +49,7 @@ def test_dead_letter_commands_and_purge(stack: Stack, admin: httpx.Client) -> No
     job_id = submit_diagnostics(
         admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
     )
-    stack.wait_job(job_id, {"dead"})
-    letter = next(
-        item
-        for item in admin.get("/api/v1/dead-letters").json()["items"]
-        if item["job_id"] == job_id
-    )
+    letter = dead_letter_of(stack, admin, job_id)
     listed = conveyor(stack, "dead-letters", "list", "--limit", "200")
     assert letter["id"] in listed.stdout
     shown = conveyor(stack, "dead-letters", "show", letter["id"])

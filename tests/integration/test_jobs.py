@@ -8,7 +8,7 @@ import time
 import httpx
 
 from conveyor.core.jobs import Submission, submit
-from tests.integration.conftest import Stack, submit_diagnostics, wait_for
+from tests.integration.conftest import Stack, dead_letter_of, submit_diagnostics, wait_for
 
 
 def test_job_succeeds_with_progress_and_result(stack: Stack, admin: httpx.Client) -> None:
@@ -78,12 +78,7 @@ def test_replay_creates_linked_job(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(
         admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
     )
-    stack.wait_job(job_id, {"dead"})
-    letter = next(
-        item
-        for item in admin.get("/api/v1/dead-letters").json()["items"]
-        if item["job_id"] == job_id
-    )
+    letter = dead_letter_of(stack, admin, job_id)
     replayed = admin.post(f"/api/v1/dead-letters/{letter['id']}/replay")
     assert replayed.status_code == 202, replayed.text
     new_id = replayed.json()["job_id"]
@@ -240,12 +235,7 @@ def test_replay_with_idempotency_key_runs_once(stack: Stack, admin: httpx.Client
     job_id = submit_diagnostics(
         admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
     )
-    stack.wait_job(job_id, {"dead"})
-    letter = next(
-        item
-        for item in admin.get("/api/v1/dead-letters").json()["items"]
-        if item["job_id"] == job_id
-    )
+    letter = dead_letter_of(stack, admin, job_id)
     url = f"/api/v1/dead-letters/{letter['id']}/replay"
     first = admin.post(url, headers={"Idempotency-Key": f"replay-{letter['id']}"})
     second = admin.post(url, headers={"Idempotency-Key": f"replay-{letter['id']}"})

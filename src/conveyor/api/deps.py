@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.api.rate_limit import limit_api_key
 from conveyor.core import api_keys
-from conveyor.core.db import session_factory
+from conveyor.core.db import session_scope
 from conveyor.core.ledger import as_utc
 from conveyor.core.models import utcnow
 
@@ -23,15 +23,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def get_session() -> Iterator[Session]:
-    session = session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -222,18 +222,20 @@ def start_attempt(
     )
 
 
+def _success_values(result: Any) -> dict[str, Any]:
+    return {
+        "state": JobState.SUCCEEDED,
+        "result": summarize_result(result),
+        "finished_at": utcnow(),
+        # Errors of earlier attempts no longer describe the job.
+        "error_type": None,
+        "error_message": None,
+        "error_traceback": None,
+    }
+
+
 def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
-    return _fast_transition(
-        connection,
-        job_id,
-        ACTIVE_STATES,
-        state=JobState.SUCCEEDED,
-        result=summarize_result(result),
-        finished_at=utcnow(),
-        error_type=None,
-        error_message=None,
-        error_traceback=None,
-    )
+    return _fast_transition(connection, job_id, ACTIVE_STATES, **_success_values(result))
 
 
 def mark_progress(
@@ -270,18 +272,7 @@ def mark_retrying(
 
 
 def mark_succeeded(session: Session, job_id: str, result: Any) -> Job | None:
-    return _transition(
-        session,
-        job_id,
-        ACTIVE_STATES,
-        state=JobState.SUCCEEDED,
-        result=summarize_result(result),
-        finished_at=utcnow(),
-        # Errors of earlier attempts no longer describe the job.
-        error_type=None,
-        error_message=None,
-        error_traceback=None,
-    )
+    return _transition(session, job_id, ACTIVE_STATES, **_success_values(result))
 
 
 def mark_failed(
