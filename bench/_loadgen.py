@@ -18,16 +18,10 @@ from collections import Counter
 
 import httpx
 
+from _common import percentile
+
 PATH = "/api/v1/diagnostics/jobs"
 BODY = {"steps": 1, "step_seconds": 0}
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 async def run(url: str, key: str, requests: int, concurrency: int, warmup: int) -> dict:

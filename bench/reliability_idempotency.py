@@ -25,7 +25,6 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import httpx
 import psycopg
 import redis
 
+from _common import free_port, percentile, tail
+
 PATH = "/api/v1/diagnostics/jobs"
 BODY = {"steps": 1, "step_seconds": 0}
 HEADER = "Idempotency-Key"
@@ -51,12 +52,6 @@ _children: list[subprocess.Popen[bytes]] = []
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -86,12 +81,6 @@ def _on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     argv = [
@@ -117,14 +106,6 @@ def start_api(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], 
 
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, round(fraction * len(sorted_values) + 0.5))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 @dataclass

@@ -43,7 +43,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,8 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+
+from _common import free_port, tail
 
 BENCH_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -123,18 +124,6 @@ def _cleanup() -> None:
 def _on_signal(signum: int, _frame: Any) -> None:
     _cleanup()
     raise SystemExit(128 + signum)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- environment ---------------------------------------------------------------------------

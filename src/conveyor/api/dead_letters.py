@@ -10,7 +10,9 @@ from conveyor.api.deps import AdminDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Purged, Replayed
 from conveyor.core import dead_letters, jobs
+from conveyor.core.cleanup import prune_dead_letters
 from conveyor.core.models import DeadLetter, JobState
+from conveyor.core.settings import get_settings
 
 router = APIRouter(
     prefix="/api/v1/dead-letters", tags=["dead letters"], route_class=IdempotentRoute
@@ -50,7 +52,7 @@ def purge_dead_letters(
     session: SessionDep,
     older_than_days: Annotated[float, Query(ge=0, le=36500)],
 ) -> dict[str, Any]:
-    removed = dead_letters.purge_older_than(session, older_than_days)
+    removed = prune_dead_letters(session, older_than_days, get_settings().cleanup_batch_size)
     return {"purged": removed, "older_than_days": older_than_days}
 
 

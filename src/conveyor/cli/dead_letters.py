@@ -10,6 +10,7 @@ from rich.table import Table
 
 from conveyor.cli.render import make_console, when
 from conveyor.core import dead_letters, jobs
+from conveyor.core.cleanup import prune_dead_letters
 from conveyor.core.db import session_scope
 from conveyor.core.models import DeadLetter
 from conveyor.core.settings import get_settings
@@ -82,7 +83,8 @@ def purge(
     ] = None,
 ) -> None:
     """Delete dead letters older than N days, in batches."""
-    days = get_settings().dead_letter_retention_days if older_than is None else older_than
+    settings = get_settings()
+    days = settings.dead_letter_retention_days if older_than is None else older_than
     with session_scope() as session:
-        removed = dead_letters.purge_older_than(session, days)
+        removed = prune_dead_letters(session, days, settings.cleanup_batch_size)
     console.print(f"purged {removed} dead letters older than {days:g} days")

@@ -106,10 +106,3 @@ def list_letters(
 def delete_letter(session: Session, letter: DeadLetter) -> None:
     session.delete(letter)
     session.flush()
-
-
-def purge_older_than(session: Session, days: float, *, batch_size: int = 1000) -> int:
-    """Delete in batches so a large purge never holds a long lock on the table."""
-    from conveyor.core.cleanup import prune_dead_letters
-
-    return prune_dead_letters(session, days, batch_size)

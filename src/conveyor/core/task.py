@@ -190,55 +190,56 @@ class ConveyorTask(Task[..., Any]):
 
     def _begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Mark the attempt started; False means this delivery must not run."""
-        request = self.request
-        if request.id and not getattr(request, HEADER_WAITING, None):
-            # The common case, on the fast path: a recorded job starting with no history.
-            with autocommit() as connection:
-                row = ledger.start_attempt(connection, request.id, worker_host=request.hostname)
-            if row is not None and row["parent_id"] is None:
-                snapshot = ledger.job_to_dict(row)
-                publish_job(snapshot)
-                if row["attempts"] <= self.max_retry_count() + 1 + EXTRA_DELIVERIES:
-                    return True
-                exc = RuntimeError(
-                    f"delivered {row['attempts']} times without finishing; "
-                    "the task may be crashing its worker"
-                )
-                self._dead_letter(request.id, exc, None, args, kwargs, reason="redelivered")
+        waited = getattr(self.request, HEADER_WAITING, None)
+        snapshot = None if waited else self._start_recorded()
+        if snapshot is None:
+            snapshot = self._start_any(args, kwargs, waited)
+            if snapshot is None:
+                log.info("job %s is cancelled or finished; skipping delivery", self.request.id)
+                self._release_unique(self.request.id)
                 return False
-            if row is not None:
-                with session_scope() as session:
-                    ledger.refresh_parent(session, row["parent_id"])
-                    # Already started above: the rest of this method must not start it again.
-                    session.commit()
-                publish_job(ledger.job_to_dict(row))
-                return True
+        publish_job(snapshot)
+        if snapshot["attempts"] <= self.max_retry_count() + 1 + EXTRA_DELIVERIES:
+            return True
+        exc = RuntimeError(
+            f"delivered {snapshot['attempts']} times without finishing; "
+            "the task may be crashing its worker"
+        )
+        self._dead_letter(self.request.id, exc, None, args, kwargs, reason="redelivered")
+        return False
+
+    def _start_recorded(self) -> dict[str, Any] | None:
+        """The common case, on the fast path: one UPDATE of a job the ledger already has.
+
+        None when the row is missing, cancelled or finished: `_start_any` decides then."""
+        request = self.request
+        if request.id is None:
+            return None
+        with autocommit() as connection:
+            row = ledger.start_attempt(connection, request.id, worker_host=request.hostname)
+        if row is None:
+            return None
+        if row["parent_id"]:
+            with session_scope() as session:
+                ledger.refresh_parent(session, row["parent_id"])
+        return ledger.job_to_dict(row)
+
+    def _start_any(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], waited: str | None
+    ) -> dict[str, Any] | None:
+        """Start the job through the ORM: records it first if no one did, and clears the
+        'waiting for ...' message of a job that waited for a lock or the rate limit."""
         with session_scope() as session:
             job = ledger.mark_started(
                 session, self._new_job(args, kwargs), worker_host=self.request.hostname
             )
             if job is None:
-                log.info("job %s is cancelled or finished; skipping delivery", self.request.id)
-                self._release_unique(self.request.id)
-                return False
-            if job.progress_message and job.progress_message == getattr(
-                self.request, HEADER_WAITING, None
-            ):
+                return None
+            if waited and job.progress_message == waited:
                 job.progress_message = None  # it waited; now it runs
-            snapshot = ledger.job_to_dict(job)
-            parent_id = job.parent_id
-            too_many = job.attempts > self.max_retry_count() + 1 + EXTRA_DELIVERIES
-            if parent_id:
-                ledger.refresh_parent(session, parent_id)
-        publish_job(snapshot)
-        if too_many:
-            exc = RuntimeError(
-                f"delivered {snapshot['attempts']} times without finishing; "
-                "the task may be crashing its worker"
-            )
-            self._dead_letter(self.request.id, exc, None, args, kwargs, reason="redelivered")
-            return False
-        return True
+            if job.parent_id:
+                ledger.refresh_parent(session, job.parent_id)
+            return ledger.job_to_dict(job)
 
     def _finish_cancelled(self) -> None:
         job_id = self.request.id
