@@ -50,7 +50,25 @@ TEST_ENV = {
     "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
 }
 
+# For a worker started after a kill: Redis hands the dead worker's message back after
+# 10 s instead of 30 s (for tests whose tasks all finish well within these limits).
+QUICK_REDELIVERY = {
+    "CONVEYOR_TASK_SOFT_TIME_LIMIT": "7",
+    "CONVEYOR_TASK_TIME_LIMIT": "8",
+    "CONVEYOR_VISIBILITY_TIMEOUT": "10",
+}
+
 pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`@pytest.mark.one_database`: a slow test whose subject is not the database (a worker
+    kill, an object store) runs on PostgreSQL only, to keep the suite short."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_sqlite = callspec is not None and callspec.params.get("database_url") == "sqlite"
+        if item.get_closest_marker("one_database") and on_sqlite:
+            item.add_marker(pytest.mark.skip(reason="one database is enough; runs on PostgreSQL"))
 
 
 def free_port() -> int:
@@ -175,6 +193,19 @@ class Stack:
         self.worker.start()
         wait_for(self.worker_answers, 30, "the worker to answer a ping", interval=0.5)
         return self.worker
+
+    @contextmanager
+    def quick_redelivery_worker(self) -> Iterator[Process]:
+        """A new worker that gets a killed worker's messages back after 10 s (see
+        QUICK_REDELIVERY); the usual worker again afterwards."""
+        usual = self.env
+        self.env = {**usual, **QUICK_REDELIVERY}
+        try:
+            yield self.start_worker()
+        finally:
+            self.env = usual
+            self.worker.stop()
+            self.start_worker()
 
     def worker_answers(self) -> bool:
         return bool(get_celery().control.ping(timeout=0.5))

@@ -114,3 +114,102 @@ def effects_counted(
             time.sleep(hold_seconds)
             effect.result = {"count": redis.incr(counter), "job_id": self.request.id}
     return effect.result
+
+
+# --- images ---
+# Flags in Redis, keyed by the image's owner and the variant, make a variant fail or slow:
+#   test:images:fail:<owner>:<variant>   any value: fail permanently
+#   test:images:flaky:<owner>:<variant>  a count: fail transiently that many times
+#   test:images:slow:<owner>:<variant>   seconds to sleep (a worker can be killed meanwhile)
+# test:images:started:<owner>:<variant> is set when a variant begins.
+from conveyor.core.errors import PermanentError as _ImagesPermanent  # noqa: E402
+from conveyor.core.errors import TransientError as _ImagesTransient  # noqa: E402
+from conveyor.workloads.images.tasks import before_variant as _images_before_variant  # noqa: E402
+
+
+@_images_before_variant.connect
+def _images_test_hooks(sender: Any, image_id: str, variant: str, owner: str, **_: Any) -> None:
+    redis = get_redis()
+    suffix = f"{owner}:{variant}"
+    redis.set(f"test:images:started:{suffix}", image_id, ex=600)
+    if redis.exists(f"test:images:fail:{suffix}"):
+        raise _ImagesPermanent(f"test asked {variant} to fail")
+    if int(redis.decr(f"test:images:flaky:{suffix}")) >= 0:
+        raise _ImagesTransient(f"test asked {variant} to fail once more")
+    slow = redis.get(f"test:images:slow:{suffix}")
+    if slow:
+        time.sleep(float(slow))
+
+
+# --- email ---
+# A worker killed right after the SMTP server accepted a message (and the sent-record was
+# committed), once per email, for recipients named kill-after-send@...
+import os as _email_os  # noqa: E402
+import signal as _email_signal  # noqa: E402
+
+from conveyor.core.settings import get_settings as _email_settings  # noqa: E402
+from conveyor.workloads.email.signals import email_sent as _email_sent  # noqa: E402
+
+
+def _email_kill_after_send(
+    sender: _LimitsAny, email_id: str, to: list[str], **_: _LimitsAny
+) -> None:
+    if not any(address.startswith("kill-after-send@") for address in to):
+        return
+    marker = _email_settings().data_dir / f"email-killed-{email_id}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    _email_os.killpg(_email_os.getpgrp(), _email_signal.SIGKILL)
+
+
+_email_sent.connect(_email_kill_after_send, weak=False)
+
+
+# --- payments ---
+# A charge killed at an exact point: the worker's whole process group gets SIGKILL the
+# first time a payment whose customer_id is "crash-<point>" reaches <point>.
+import os as _payments_os  # noqa: E402
+import signal as _payments_signal  # noqa: E402
+from pathlib import Path as _PaymentsPath  # noqa: E402
+
+from conveyor.workloads.payments import hooks as _payments_hooks  # noqa: E402
+
+PAYMENTS_CRASH_DIR = "PAYMENTS_TEST_CRASH_DIR"
+
+
+def _payments_crash_at(point: str) -> Any:
+    def receiver(sender: Any = None, payment_id: str = "", customer_id: str = "", **_: Any) -> None:
+        crash_dir = _payments_os.environ.get(PAYMENTS_CRASH_DIR)
+        if not crash_dir or customer_id != f"crash-{point}":
+            return
+        try:
+            (_PaymentsPath(crash_dir) / f"{payment_id}-{point}").touch(exist_ok=False)
+        except FileExistsError:
+            return  # crashed here once already: let it through
+        _payments_os.killpg(_payments_os.getpgrp(), _payments_signal.SIGKILL)
+
+    return receiver
+
+
+for _point, _signal in (
+    ("requested", _payments_hooks.charge_requested),
+    ("returned", _payments_hooks.charge_returned),
+    ("settling", _payments_hooks.charge_settling),
+):
+    _signal.connect(_payments_crash_at(_point), weak=False)
+
+
+# --- continuing later from inside a running job ---
+from celery import shared_task as _later_shared_task  # noqa: E402
+
+from conveyor.core.task import ConveyorTask as _LaterBase  # noqa: E402
+
+
+@_later_shared_task(bind=True, base=_LaterBase, name="tests.later.in_parts")
+def in_parts(self: _LaterBase, left: int, done: int = 0) -> dict[str, int]:
+    """Does one part per run and hands the rest back, as a task waiting on a quota would."""
+    if left > 0:
+        self.continue_later({"left": left - 1, "done": done + 1}, 0.1, "waiting for a quota")
+    return {"done": done}

@@ -28,6 +28,51 @@ def _conveyor(*args: str) -> list[str]:
     return [sys.executable, "-c", "from conveyor.cli import main; main()", *args]
 
 
+def _readme_email_reaches_the_dev_mailbox(base: str, headers: dict[str, str]) -> None:
+    """The README's email example, against the mail sink `up` runs."""
+    response = httpx.post(
+        f"{base}/api/v1/emails",
+        json={
+            "to": ["ada@example.com"],
+            "template": "welcome",
+            "context": {"name": "Ada", "app_name": "Acme", "confirm_url": "https://example.com/c"},
+        },
+        headers=headers,
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+
+    def delivered() -> list[dict[str, object]]:
+        body = httpx.get(f"{base}/api/v1/dev/mailbox", headers=headers, timeout=5).json()
+        items: list[dict[str, object]] = body["items"]
+        return [item for item in items if "ada@example.com" in str(item)]
+
+    wait_for(delivered, 60, "the email in the dev mailbox", interval=0.3)
+
+
+def _readme_payment_succeeds_at_the_sandbox_gateway(base: str, headers: dict[str, str]) -> None:
+    """The README's payment example, against the sandbox gateway `up` runs."""
+    response = httpx.post(
+        f"{base}/api/v1/payments",
+        json={
+            "amount": 1999,
+            "currency": "USD",
+            "customer_id": "cus_1",
+            "payment_method": "4242424242424242",
+        },
+        headers={**headers, "Idempotency-Key": "readme-payment-1"},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    payment_id = response.json()["id"]
+
+    def settled() -> bool:
+        body = httpx.get(f"{base}/api/v1/payments/{payment_id}", headers=headers, timeout=5)
+        return bool(body.json()["status"] == "succeeded")
+
+    wait_for(settled, 60, "the payment to succeed", interval=0.3)
+
+
 def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     from conveyor.local.embedded_redis import find_redis_server
 
@@ -74,6 +119,8 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             return body["state"] == "succeeded"
 
         wait_for(succeeded, 60, "the diagnostics job to succeed", interval=0.3)
+        _readme_email_reaches_the_dev_mailbox(base, headers)
+        _readme_payment_succeeds_at_the_sandbox_gateway(base, headers)
     finally:
         process.send_signal(signal.SIGINT)
         try:

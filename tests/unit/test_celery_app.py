@@ -89,6 +89,8 @@ def test_settings_flow_into_the_config(tmp_path: Path) -> None:
     assert (config["task_soft_time_limit"], config["task_time_limit"]) == (20, 25)
     assert config["broker_transport_options"]["visibility_timeout"] == 30
     assert config["broker_transport_options"]["unacked_restore_interval"] == 2
+    # A worker killed mid-sweep must not hold back redeliveries for kombu's 5 minutes.
+    assert config["broker_transport_options"]["unacked_mutex_expire"] <= 30
     assert config["worker_max_tasks_per_child"] == 7
     assert config["worker_max_memory_per_child"] == 20_000
     assert config["worker_concurrency"] == 3

@@ -167,3 +167,24 @@ def test_a_raw_non_numeric_content_length_is_a_400(echo: Echo) -> None:
     sent = run_asgi(BodySizeLimit(echo.app, max_bytes=LIMIT), [(b"content-length", b"ten")], b"")
     assert sent[0]["status"] == 400
     assert echo.calls == 0
+
+
+def test_a_path_prefix_can_have_a_larger_limit(echo: Echo) -> None:
+    app = BodySizeLimit(echo.app, max_bytes=LIMIT, per_prefix={"/echo": 4 * LIMIT})
+    with TestClient(app) as client:
+        allowed = client.post("/echo", content=b"x" * (3 * LIMIT))
+        assert allowed.status_code == 200
+        assert allowed.json() == {"length": 3 * LIMIT}
+        over = client.post("/echo", content=b"x" * (5 * LIMIT))
+        assert over.status_code == 413
+        assert over.json() == {"detail": f"request body is larger than {4 * LIMIT} bytes"}
+        # Other paths keep the default limit.
+        assert_too_large(client.post("/json", content=b"x" * (2 * LIMIT)))
+
+
+def test_a_prefix_matches_whole_path_segments_only(echo: Echo) -> None:
+    app = BodySizeLimit(echo.app, max_bytes=LIMIT, per_prefix={"/api/v1/images": 10 * LIMIT})
+    assert app.limit_for("/api/v1/images") == 10 * LIMIT
+    assert app.limit_for("/api/v1/images/abc/retry") == 10 * LIMIT
+    assert app.limit_for("/api/v1/imagesX") == LIMIT
+    assert app.limit_for("/api/v1/jobs") == LIMIT

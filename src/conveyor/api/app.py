@@ -16,10 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api import dead_letters, diagnostics, health, jobs, webhooks
+from conveyor.api import dead_letters, diagnostics, files, health, jobs, webhooks
 from conveyor.api.limits import BodySizeLimit
 from conveyor.core.metrics import http_latency, http_requests
 from conveyor.core.settings import Settings, get_settings
+from conveyor.workloads.email import api as email_api
+from conveyor.workloads.images import api as images_api
+from conveyor.workloads.payments import api as payments_api
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +145,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for outage in (KombuOperationalError, RedisConnectionError, SQLAlchemyOperationalError):
         app.add_exception_handler(outage, _dependency_down)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        per_prefix={
+            "/api/v1/emails/batch": settings.email_batch_max_body_bytes,
+            # Room for the multipart framing around the file itself.
+            "/api/v1/images": settings.image_max_upload_bytes + 64 * 1024,
+            "/api/v1/files": settings.file_max_upload_bytes + 64 * 1024,
+        },
+    )
     app.add_middleware(RequestMetrics)
     for module in (health, jobs, dead_letters, diagnostics):
         app.include_router(module.router)
     app.include_router(webhooks.router)
+    app.include_router(files.router)
+    for workload in (email_api, payments_api, images_api):
+        app.include_router(workload.router)
     return app

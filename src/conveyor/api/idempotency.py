@@ -82,6 +82,7 @@ async def _claim(
     except idempotency.InvalidKey as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     body = await request.body()  # cached: FastAPI already read it (or we did, for forms)
+    body = _without_boundary(body, request.headers.get("content-type"))
     query = request.url.query
     target = request.url.path + (f"?{query}" if query else "")
     claim: idempotency.Claim = await run_in_threadpool(
@@ -116,6 +117,19 @@ async def _claim(
         f"this {HEADER} was already used for a different request ({claim.method} "
         f"{claim.path} with another body); send a new key for a new request",
     )
+
+
+def _without_boundary(body: bytes, content_type: str | None) -> bytes:
+    """A multipart body with its boundary taken out: clients pick a new random boundary
+    for every request, so a retried upload would otherwise never match its first try."""
+    media, _, params = (content_type or "").partition(";")
+    if media.strip().lower() != "multipart/form-data":
+        return body
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value.strip('"'):
+            return body.replace(b"--" + value.strip('"').encode("latin-1"), b"--")
+    return body
 
 
 def _shared_or_added(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,14 +17,29 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`max_bytes` for every request, except paths under a prefix in `per_prefix`.
+
+    Uploads and bulk sends need more room than a JSON call; the longest matching prefix wins.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, per_prefix: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_prefix = sorted((per_prefix or {}).items(), key=lambda item: -len(item[0]))
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.per_prefix:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope.get("path", ""))
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -31,8 +47,8 @@ class BodySizeLimit:
                 except ValueError:
                     await self._reject(send, 400, "Content-Length is not a number")
                     return
-                if declared > self.max_bytes:
-                    await self._reject(send, 413, self._message())
+                if declared > max_bytes:
+                    await self._reject(send, 413, self._message(max_bytes))
                     return
         received = 0
         response_started = False
@@ -42,8 +58,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -56,10 +72,11 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._reject(send, 413, self._message())
+                await self._reject(send, 413, self._message(max_bytes))
 
-    def _message(self) -> str:
-        return f"request body is larger than {self.max_bytes} bytes"
+    @staticmethod
+    def _message(max_bytes: int) -> str:
+        return f"request body is larger than {max_bytes} bytes"
 
     @staticmethod
     async def _reject(send: Send, status: int, detail: str) -> None:

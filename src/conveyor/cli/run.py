@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 
+if TYPE_CHECKING:
+    from conveyor.local.supervisor import Supervisor
+
 from conveyor.core import api_keys
 from conveyor.core.db import session_scope
 from conveyor.core.preflight import require_database, require_redis
-from conveyor.core.settings import QUEUES, get_settings
+from conveyor.core.settings import QUEUES, Settings, get_settings
 
 console = Console(stderr=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -101,6 +106,71 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") ->
     app.start(["beat", "--loglevel", loglevel])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _start_sandbox_gateway(
+    supervisor: Supervisor, env: dict[str, str], settings: Settings, python: str
+) -> str:
+    """Start the sandbox payment gateway (unless Stripe is configured) and point the worker
+    and API at it; returns a line for the banner."""
+    if settings.payments_gateway != "sandbox":
+        return f"{settings.payments_gateway} gateway"
+    from conveyor.webhooks.signing import generate_secret
+
+    host, port = settings.sandbox_gateway_host, settings.sandbox_gateway_port
+    if "CONVEYOR_SANDBOX_GATEWAY_PORT" not in env and not _port_free(host, port):
+        port = _any_free_port(host)  # the default port is taken: any other will do
+    env["CONVEYOR_SANDBOX_GATEWAY_PORT"] = str(port)
+    url = f"http://{host}:{port}"
+    env.setdefault("CONVEYOR_PAYMENTS_GATEWAY_URL", url)
+    # One secret for this run, shared by the sandbox (signs) and the API (verifies).
+    env.setdefault("CONVEYOR_PAYMENTS_GATEWAY_WEBHOOK_SECRET", generate_secret())
+    env.setdefault(
+        "CONVEYOR_SANDBOX_WEBHOOK_URL",
+        f"http://{settings.api_host}:{settings.api_port}/api/v1/payments/gateway-events",
+    )
+    supervisor.start("sandbox-gateway", [python, "-m", "conveyor.workloads.payments.sandbox"])
+    return f"{url} (sandbox gateway)"
+
+
+def _start_mail_sink(
+    start: Callable[[str, list[str]], object], env: dict[str, str], python: str
+) -> str:
+    """Start the local SMTP sink unless CONVEYOR_SMTP_HOST points at a real server; the
+    worker sends to it and the API lists what arrived at /api/v1/dev/mailbox."""
+    if "CONVEYOR_SMTP_HOST" in env:
+        return f"{env['CONVEYOR_SMTP_HOST']}:{env.get('CONVEYOR_SMTP_PORT', '1025')} (SMTP)"
+    port = str(get_settings().smtp_port)
+    env.update(
+        {
+            "CONVEYOR_SMTP_HOST": "127.0.0.1",
+            "CONVEYOR_SMTP_PORT": port,
+            "CONVEYOR_SMTP_USE_TLS": "false",
+            "CONVEYOR_SMTP_USE_SSL": "false",
+            "CONVEYOR_MAIL_SINK": "true",
+        }
+    )
+    env.pop("CONVEYOR_SMTP_USERNAME", None)
+    start(
+        "mail-sink",
+        [python, "-m", "conveyor.local.mail_sink", "--host", "127.0.0.1", "--port", port],
+    )
+    return f"127.0.0.1:{port} (mail sink; GET /api/v1/dev/mailbox)"
+
+
 def up(
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c")] = None,
 ) -> None:
@@ -135,6 +205,8 @@ def up(
         bootstrap_key()
 
         python = sys.executable
+        mail_note = _start_mail_sink(supervisor.start, env, python)
+        gateway_note = _start_sandbox_gateway(supervisor, env, settings, python)
         worker_argv = [python, "-m", "celery", "-A", "conveyor.worker", "worker"]
         worker_argv += ["-Q", ",".join(QUEUES), "--loglevel", "INFO"]
         if concurrency:
@@ -158,6 +230,8 @@ def up(
                 f"Ready     {base}/health/ready\n"
                 f"Metrics   {base}/metrics\n"
                 f"Redis     {redis_note}\n"
+                f"Mail      {mail_note}\n"
+                f"Payments  {gateway_note}\n"
                 f"Database  {settings.database}\n"
                 f"Queues    {', '.join(QUEUES)}\n\n"
                 "Ctrl-C stops everything.",

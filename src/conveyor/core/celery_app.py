@@ -16,6 +16,9 @@ TASK_MODULES = [
     "conveyor.diagnostics.tasks",
     "conveyor.core.maintenance",
     "conveyor.webhooks.tasks",
+    "conveyor.workloads.email.tasks",
+    "conveyor.workloads.payments.tasks",
+    "conveyor.workloads.images.tasks",
 ]
 
 _lock = threading.Lock()
@@ -66,6 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # How often workers sweep for messages a dead worker held.
             "unacked_restore_interval": settings.unacked_restore_interval,
             "unacked_restore_throttle": 1,
+            # A worker killed during a sweep leaves its sweep lock behind; kombu's 5 minutes
+            # would hold back every redelivery that long. A sweep takes milliseconds.
+            "unacked_mutex_expire": 30,
         },
         # Results in Redis are short-lived; the ledger keeps the durable record.
         "result_expires": timedelta(seconds=settings.result_expires),
@@ -101,6 +107,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": timedelta(seconds=settings.webhook_dispatch_interval_seconds),
                 # A tick still queued when the next one is due is redundant: let it expire.
                 "options": {"expires": settings.webhook_dispatch_interval_seconds},
+            },
+            # Scheduled emails (send_at) too far ahead for a countdown are published when due.
+            "email-dispatch-due": {
+                "task": "conveyor.workloads.email.dispatch_due",
+                "schedule": timedelta(seconds=settings.email_dispatch_interval_seconds),
+                "options": {"expires": settings.email_dispatch_interval_seconds},
+            },
+            "payments-reconcile": {
+                "task": "conveyor.workloads.payments.reconcile",
+                "schedule": timedelta(seconds=settings.payments_reconcile_interval_seconds),
+                "options": {"expires": settings.payments_reconcile_interval_seconds},
             },
         },
         # Logging is configured by Conveyor, not replaced by Celery.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,11 +117,144 @@ class Settings(BaseSettings):
     # A worker's own /metrics endpoint (every pool process of its machine); 0 = off.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
+    # storage
+    # Files (attachments, uploads, image variants): "local" keeps them under storage_dir,
+    # "s3" in an S3 bucket (AWS or any S3-compatible server: MinIO, Ceph, R2...).
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = Field(default=None, description="Default: data_dir/files.")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(default=None, description="Unset means AWS itself.")
+    s3_region: str | None = None
+    # Unset: boto3 finds credentials itself (environment, instance role, ~/.aws).
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Base URL the objects are public under (a CDN); unset means presigned GET URLs.
+    s3_public_url: str | None = None
+    s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    # end storage
+
+    # email
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=1025, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_use_tls: bool = False
+    # Largest body POST /api/v1/emails/batch accepts (10,000 recipients with their context).
+    email_batch_max_body_bytes: int = Field(default=16 * 1_048_576, ge=1024)
+    # Implicit TLS (port 465); smtp_use_tls is STARTTLS on a plain connection (587).
+    smtp_use_ssl: bool = False
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    # A kept-open connection idle longer than this is checked with NOOP before reuse.
+    smtp_noop_after_seconds: float = Field(default=5.0, ge=0)
+    email_from: str = "Conveyor <noreply@localhost>"
+    # The right-hand side of every Message-ID (<uuid@domain>).
+    email_message_id_domain: str = "conveyor.localhost"
+    # Your templates; looked up before the built-in ones (welcome, layouts, partials).
+    email_templates_dir: Path | None = None
+    # Rate limits in messages per second (0 = off), held across every worker by Redis.
+    email_rate_per_second: float = Field(default=0.0, ge=0)
+    email_domain_rate_per_second: float = Field(default=0.0, ge=0)
+    # Per-domain overrides of the above: "gmail.com=20,yahoo.com=5".
+    email_domain_rates: str = ""
+    email_owner_rate_per_second: float = Field(default=0.0, ge=0)
+    email_max_recipients: int = Field(default=50, ge=1, le=1000)
+    email_batch_max_recipients: int = Field(default=10_000, ge=1, le=100_000)
+    # Recipients per chunk task of a batch.
+    email_batch_chunk_size: int = Field(default=100, ge=1, le=1000)
+    email_max_attachments_bytes: int = Field(default=10 * 1_048_576, ge=1024)
+    file_max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
+    # List-Unsubscribe on bulk mail: a URL ({email} is replaced) and/or a mailto address.
+    email_unsubscribe_url: str | None = None
+    email_unsubscribe_mailto: str | None = None
+    # Sends further ahead than this are stored and published by Beat when due (seconds).
+    email_schedule_countdown_max: float = Field(default=60.0, ge=0)
+    email_dispatch_interval_seconds: float = Field(default=15.0, ge=1, le=3600)
+    # The local mail sink (`conveyor up`): GET /api/v1/dev/mailbox works only when true.
+    mail_sink: bool = False
+    mail_sink_max_messages: int = Field(default=1000, ge=10)
+
+    @field_validator("email_domain_rates")
+    @classmethod
+    def _domain_rates(cls, value: str) -> str:
+        for part in filter(None, (item.strip() for item in value.split(","))):
+            domain, _, rate = part.partition("=")
+            try:
+                ok = bool(domain.strip()) and float(rate) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("must be domain=messages-per-second pairs: gmail.com=20,a.org=5")
+        return value
+
+    @property
+    def email_domain_rate_overrides(self) -> dict[str, float]:
+        pairs = (part.partition("=") for part in self.email_domain_rates.split(",") if part.strip())
+        return {domain.strip().lower(): float(rate) for domain, _, rate in pairs}
+
+    # end email
+
+    # payments
+    # Which gateway moves the money: the local sandbox (`conveyor up` starts it) or Stripe.
+    payments_gateway: Literal["sandbox", "stripe"] = "sandbox"
+    # Operator configuration, like the database URL: loopback is fine here.
+    payments_gateway_url: str = "http://127.0.0.1:8010"
+    # A charge unanswered after this is asked about by status check, never sent blind again.
+    payments_gateway_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Shared with the gateway: signs the events it posts to /api/v1/payments/gateway-events.
+    payments_gateway_webhook_secret: SecretStr | None = None
+    stripe_api_key: SecretStr | None = None
+    # Only for pointing the Stripe client somewhere else (a recording server in tests).
+    stripe_api_base: str | None = None
+    # Retries of a charge or refund the gateway did not answer; then `requires_review`.
+    payments_retry_max: int = Field(default=8, ge=0, le=50)
+    payments_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    # Beat looks for payments stuck in `processing` this often, older than the threshold.
+    payments_reconcile_interval_seconds: float = Field(default=60.0, ge=1, le=86_400)
+    payments_stuck_after_seconds: float = Field(default=900.0, ge=1)
+    # The sandbox gateway's own settings (`conveyor sandbox-gateway`, started by `up`).
+    sandbox_gateway_host: str = "127.0.0.1"
+    sandbox_gateway_port: int = Field(default=8010, ge=1, le=65535)
+    sandbox_latency_ms: float = Field(default=0.0, ge=0, le=60_000)
+    # Share of requests answered 5xx: half before the charge is recorded, half after.
+    sandbox_error_rate: float = Field(default=0.0, ge=0, le=1)
+    # How late the "times out" test card answers (after charging): longer than the client waits.
+    sandbox_slow_seconds: float = Field(default=15.0, ge=0, le=600)
+    # Where the sandbox posts its signed events; unset: it posts none.
+    sandbox_webhook_url: str | None = None
+    # end payments
+
+    # images
+    # Largest image upload (the multipart body may exceed it by a few headers).
+    image_max_upload_bytes: int = Field(default=20 * 1_048_576, ge=1024)
+    # Checked from the header, before any pixel is decoded (decompression bombs).
+    image_max_width: int = Field(default=12_000, ge=16)
+    image_max_height: int = Field(default=12_000, ge=16)
+    image_max_pixels: int = Field(default=50_000_000, ge=256)
+    # Presets as JSON, {"name": {"variants": [...], "formats": [...], ...}}; unset: built-in.
+    image_presets: str = ""
+    image_jpeg_quality: int = Field(default=82, ge=1, le=100)
+    image_webp_quality: int = Field(default=80, ge=1, le=100)
+    image_webp_effort: int = Field(default=2, ge=0, le=6)
+    image_avif_quality: int = Field(default=50, ge=1, le=100)
+    # AV1 encoding is the slowest step by far: effort 0 encodes a 1600 px image about 6x
+    # faster than 2 for files about 7% larger (docs/images.md has the figures).
+    image_avif_effort: int = Field(default=0, ge=0, le=9)
+    image_fetch_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    # Threads libvips uses per worker process; 1 lets processes, not threads, share cores.
+    image_vips_concurrency: int = Field(default=1, ge=1, le=64)
+    # Fewer malloc arenas and mmap for large blocks in processes that make images (glibc).
+    image_tune_malloc: bool = True
+
+    @field_validator("image_presets")
+    @classmethod
+    def _presets_parse(cls, value: str) -> str:
+        from conveyor.workloads.images.presets import parse_presets
+
+        parse_presets(value)
+        return value
+
+    # end images
 
     # Your own task modules for workers to load, comma-separated: "myapp.tasks,billing.jobs".
     task_modules: str = ""

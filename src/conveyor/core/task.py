@@ -352,6 +352,7 @@ class ConveyorTask(Task[..., Any]):
         reason: str,
         *,
         ticket: dict[str, Any] | None = None,
+        started: bool = False,
     ) -> NoReturn:
         """Re-publish this job to run after `delay` seconds, and end this delivery.
 
@@ -370,9 +371,9 @@ class ConveyorTask(Task[..., Any]):
             headers.pop(HEADER_RATE_TICKET, None)
         else:
             headers[HEADER_RATE_TICKET] = ticket
-        if reason != getattr(request, HEADER_WAITING, None):
+        if started or reason != getattr(request, HEADER_WAITING, None):
             # Before publishing: the new message must not start before this write lands.
-            self._note_waiting(reason)
+            self._note_waiting(reason, refund_attempt=started)
         again = self.signature_from_request(request, args, kwargs, countdown=delay, headers=headers)
         try:
             again.apply_async()
@@ -385,12 +386,25 @@ class ConveyorTask(Task[..., Any]):
         rate_limit_delays.labels(self.name, cause).observe(delay)
         raise Ignore()
 
-    def _note_waiting(self, reason: str) -> None:
+    def continue_later(self, kwargs: dict[str, Any], delay: float, reason: str) -> NoReturn:
+        """From inside a running job: re-publish it with `kwargs` (say, the part of its work
+        still to do) to run after `delay` seconds, freeing this worker process meanwhile.
+
+        Like waiting for a lock or the rate limit, this spends no attempt: a job that must
+        wait for something outside it (a recipient domain's limit) is not failing.
+        """
+        self._wait(tuple(self.request.args or ()), kwargs, delay, reason, started=True)
+
+    def _note_waiting(self, reason: str, *, refund_attempt: bool = False) -> None:
         """Show the wait in the ledger: state queued (a redelivered 'started' job goes back),
-        the reason as its progress message."""
+        the reason as its progress message; `refund_attempt` when this delivery had started
+        the job (and counted an attempt) before it had to wait."""
         job_id = self.request.id
         if not self.track or job_id is None:
             return
+        extra: dict[str, Any] = {}
+        if refund_attempt:
+            extra["attempts"] = case((Job.attempts > 0, Job.attempts - 1), else_=Job.attempts)
         with session_scope() as session:
             statement = (
                 update(Job)
@@ -402,6 +416,7 @@ class ConveyorTask(Task[..., Any]):
                     ),
                     progress_message=reason[:500],
                     updated_at=utcnow(),
+                    **extra,
                 )
                 .returning(Job)
                 .execution_options(synchronize_session=False, populate_existing=True)

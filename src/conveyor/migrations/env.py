@@ -6,6 +6,9 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from conveyor.core.models import Base
+from conveyor.workloads.email import models as _email_models  # noqa: F401  (registers tables)
+from conveyor.workloads.images import models as _images_models  # noqa: F401
+from conveyor.workloads.payments import models as _payments_models  # noqa: F401
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")

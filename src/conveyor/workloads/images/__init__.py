@@ -1,0 +1,1 @@
+"""Images: upload, validate, and variants made in parallel as a Celery canvas."""

@@ -1,0 +1,1 @@
+"""Payments: idempotent charges and refunds through a gateway, with a balance ledger."""

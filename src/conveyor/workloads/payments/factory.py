@@ -1,0 +1,44 @@
+"""The gateway the settings name, one per process (its HTTP connections are reused)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from conveyor.core.settings import Settings, get_settings
+from conveyor.workloads.payments.gateway import PaymentGateway
+from conveyor.workloads.payments.sandbox.client import SandboxGateway
+from conveyor.workloads.payments.stripe_gateway import StripeGateway
+
+_lock = threading.Lock()
+_gateways: dict[tuple[int, str], PaymentGateway] = {}
+
+
+class GatewayNotConfigured(RuntimeError):
+    pass
+
+
+def build_gateway(settings: Settings) -> PaymentGateway:
+    timeout = settings.payments_gateway_timeout_seconds
+    if settings.payments_gateway == "stripe":
+        if settings.stripe_api_key is None:
+            raise GatewayNotConfigured(
+                "CONVEYOR_PAYMENTS_GATEWAY=stripe needs CONVEYOR_STRIPE_API_KEY"
+            )
+        return StripeGateway(
+            settings.stripe_api_key.get_secret_value(),
+            timeout=timeout,
+            api_base=settings.stripe_api_base,
+        )
+    return SandboxGateway(settings.payments_gateway_url, timeout)
+
+
+def get_gateway(settings: Settings | None = None) -> PaymentGateway:
+    settings = settings or get_settings()
+    # Per process: an HTTP connection pool must not cross a fork.
+    key = (os.getpid(), f"{settings.payments_gateway}:{settings.payments_gateway_url}")
+    gateway = _gateways.get(key)
+    if gateway is None:
+        with _lock:
+            gateway = _gateways.setdefault(key, build_gateway(settings))
+    return gateway

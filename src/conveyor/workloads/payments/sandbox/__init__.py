@@ -1,0 +1,1 @@
+"""A small payment gateway for development and tests: `conveyor sandbox-gateway`."""

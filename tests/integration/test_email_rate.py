@@ -1,0 +1,99 @@
+"""Rate limits of the email workload under load: 2,000 recipients, provider 100/s, two worker
+processes, one recipient domain held to 20/s at the same time.
+
+One recipient in 13 is at that domain: at the provider's pace they come at about 7.7/s, so
+its limit must hold without stretching the batch. (At 10/s the domain would need 77% of the
+20 s with its messages perfectly spread, and its collisions alone would push the batch past
+22 s: a test of the scheduling order, not of the limits.)
+
+PostgreSQL only: the run takes at least 20 s by design, and the limits live in Redis, not in
+the database, so a second run on SQLite would show nothing new.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+import redis
+
+from tests.integration.conftest import Stack, wait_for
+from tests.integration.email_smtp import MailServer, mail, mail_server
+
+__all__ = ["mail", "mail_server"]  # fixtures
+
+pytestmark = pytest.mark.integration
+
+TOTAL = 2000
+PROVIDER_RATE = 100
+SLOW_DOMAIN = "slow.example.org"
+SLOW_RATE = 20
+
+
+def max_in_window(stamps: list[float], window: float = 1.0) -> int:
+    """The most events in any `window`-second interval."""
+    stamps = sorted(stamps)
+    best = start = 0
+    for end, stamp in enumerate(stamps):
+        while stamp - stamps[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.mark.one_database
+def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
+    stack: Stack, mail: MailServer
+) -> None:
+    client = redis.Redis.from_url(stack.env["CONVEYOR_REDIS_URL"])
+    for key in client.scan_iter("conveyor:rate:email:*"):
+        client.delete(key)
+    mail.restart_worker(
+        CONVEYOR_EMAIL_RATE_PER_SECOND=str(PROVIDER_RATE),
+        CONVEYOR_EMAIL_DOMAIN_RATE_PER_SECOND="60",
+        CONVEYOR_EMAIL_DOMAIN_RATES=f"{SLOW_DOMAIN}={SLOW_RATE}",
+    )
+    try:
+        recipients = [
+            {
+                "to": f"r{i}@{SLOW_DOMAIN if i % 13 == 0 else f'd{i % 4}.example.com'}",
+            }
+            for i in range(TOTAL)
+        ]
+        with stack.client(stack.key_for("email-bulk")) as api:
+            response = api.post(
+                "/api/v1/emails/batch",
+                # Short plain-text mail: the test's SMTP server (aiosmtpd, in this process)
+                # reads DATA line by line, and must keep up with 100/s with room to spare.
+                json={"subject": "News", "text": "Hello!", "recipients": recipients},
+            )
+            accepted_at = time.time()
+            assert response.status_code == 202, response.text
+            batch = response.json()
+            wait_for(
+                lambda: len(mail.handler.received) >= TOTAL, 60, f"{TOTAL} messages", interval=0.5
+            )
+            stack.wait_job(batch["job_id"], {"succeeded"}, timeout=30)
+            summary = api.get(f"/api/v1/emails/batch/{batch['id']}").json()["summary"]
+    finally:
+        mail.restart_worker()
+    assert summary["sent"] == TOTAL
+    stamps = sorted(item.at for item in mail.handler.received)
+    assert len(stamps) == TOTAL
+    duration = stamps[-1] - accepted_at
+    minimum = (TOTAL - 1) / PROVIDER_RATE
+    per_second = [0] * (int(stamps[-1] - stamps[0]) + 1)
+    for stamp in stamps:
+        per_second[int(stamp - stamps[0])] += 1
+    timeline = f"first after {stamps[0] - accepted_at:.2f}s, per second: {per_second}"
+    assert minimum <= duration <= 1.1 * 20, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
+    assert max_in_window(stamps) <= PROVIDER_RATE + 1
+    slow = sorted(
+        item.at for item in mail.handler.received if item.recipients[0].endswith(SLOW_DOMAIN)
+    )
+    assert len(slow) == len([r for r in recipients if r["to"].endswith(SLOW_DOMAIN)])
+    assert max_in_window(slow) <= SLOW_RATE + 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slow)]
+    # Evenly spaced at 1/10 s, give or take the time a send takes.
+    assert min(gaps) >= 0.5 / SLOW_RATE, f"two {SLOW_DOMAIN} sends {min(gaps):.3f}s apart"
