@@ -213,3 +213,25 @@ def in_parts(self: _LaterBase, left: int, done: int = 0) -> dict[str, int]:
     if left > 0:
         self.continue_later({"left": left - 1, "done": done + 1}, 0.1, "waiting for a quota")
     return {"done": done}
+
+
+# --- the job ledger's states ---
+from celery import shared_task as _states_shared_task  # noqa: E402
+
+from conveyor.core.errors import TransientError as _StatesTransient  # noqa: E402
+from conveyor.core.task import ConveyorTask as _StatesBase  # noqa: E402
+
+
+class SteadyRetry(_StatesBase):
+    """Retries after a fixed delay: full jitter could make the retrying state last 0 ms."""
+
+    def retry_delay(self, retries: int) -> float:
+        return 1.5
+
+
+@_states_shared_task(bind=True, base=SteadyRetry, name="tests.states.fail_once")
+def fail_once(self: SteadyRetry) -> int:
+    attempt = self.request.retries + 1
+    if attempt == 1:
+        raise _StatesTransient("first attempt fails")
+    return attempt

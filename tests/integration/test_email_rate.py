@@ -54,6 +54,8 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
         CONVEYOR_EMAIL_DOMAIN_RATE_PER_SECOND="60",
         CONVEYOR_EMAIL_DOMAIN_RATES=f"{SLOW_DOMAIN}={SLOW_RATE}",
     )
+    # The server runs in this process: 2,000 file writes would only compete with the senders.
+    mailbox, mail.handler.mailbox = mail.handler.mailbox, None
     try:
         recipients = [
             {
@@ -77,6 +79,7 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
             stack.wait_job(batch["job_id"], {"succeeded"}, timeout=30)
             summary = api.get(f"/api/v1/emails/batch/{batch['id']}").json()["summary"]
     finally:
+        mail.handler.mailbox = mailbox
         mail.restart_worker()
     assert summary["sent"] == TOTAL
     stamps = sorted(item.at for item in mail.handler.received)
@@ -87,8 +90,13 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     for stamp in stamps:
         per_second[int(stamp - stamps[0])] += 1
     timeline = f"first after {stamps[0] - accepted_at:.2f}s, per second: {per_second}"
+    print(f"{TOTAL} messages in {duration:.2f}s; {timeline}")  # shown when a check fails
     assert minimum <= duration <= 1.1 * 20, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
-    assert max_in_window(stamps) <= PROVIDER_RATE + 1
+    # Arrivals are the booked slots plus each send's own time (milliseconds, more when the
+    # CPU is busy): windows allow 30 ms of that jitter, and over 5 s it is the rate itself.
+    jitter_slots = round(0.03 * PROVIDER_RATE)
+    assert max_in_window(stamps) <= PROVIDER_RATE + 1 + jitter_slots, timeline
+    assert max_in_window(stamps, 5.0) <= 5 * PROVIDER_RATE + 1 + jitter_slots, timeline
     slow = sorted(
         item.at for item in mail.handler.received if item.recipients[0].endswith(SLOW_DOMAIN)
     )

@@ -33,7 +33,7 @@ def test_transient_failures_retry_then_succeed(stack: Stack, admin: httpx.Client
 
 
 def test_retrying_state_is_visible_between_attempts(stack: Stack, admin: httpx.Client) -> None:
-    job_id = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=1)
+    job_id = submit(Submission(task_name="tests.states.fail_once", kwargs={}, owner="ops")).id
     seen: set[str] = set()
 
     def finished() -> bool:
@@ -41,8 +41,10 @@ def test_retrying_state_is_visible_between_attempts(stack: Stack, admin: httpx.C
         seen.add(state)
         return state == "succeeded"
 
-    wait_for(finished, 30, "the job to succeed", interval=0.02)
+    wait_for(finished, 30, "the job to succeed", interval=0.1)
     assert "retrying" in seen
+    job = admin.get(f"/api/v1/jobs/{job_id}").json()
+    assert (job["attempts"], job["result"]) == (2, 2)
 
 
 def test_permanent_failure_becomes_dead_letter(stack: Stack, admin: httpx.Client) -> None:

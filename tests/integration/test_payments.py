@@ -147,14 +147,28 @@ def test_worker_killed_at_each_point_of_a_charge_charges_exactly_once(
     crash_dir = stack.tmp / "payment-crashes"
     # No gateway events: the redelivered jobs alone must recover every payment.
     payments.configure(send_events=False)
-    with payments.client() as client:
-        ids = {
-            point: payments.pay(client, cards.CARD_SUCCEEDS, 1000 + n, f"crash-{point}")["id"]
-            for n, point in enumerate(POINTS)
-        }
 
-        started = time.monotonic()
-        swept = [started]
+    def restart_if_killed() -> bool:
+        worker = stack.worker.process
+        if worker is not None and worker.poll() is not None:
+            # Killed at a crash point: start another, without waiting for it to answer
+            # (the next crash point may kill it before it does).
+            stack.worker = Process("worker", stack.worker.argv, stack.env, stack.worker.log_path)
+            stack.worker.start()
+            return True
+        return False
+
+    with payments.client() as client:
+        ids: dict[str, str] = {}
+        for n, point in enumerate(POINTS):
+            # One payment at a time: a kill takes the whole worker with it, and a sibling
+            # process caught past its own crash point would never stop there.
+            ids[point] = payments.pay(client, cards.CARD_SUCCEEDS, 1000 + n, f"crash-{point}")["id"]
+            crash = crash_dir / f"{ids[point]}-{point}"
+            wait_for(crash.exists, 60, f"the worker to die at {point}", interval=0.1)
+            wait_for(restart_if_killed, 10, "the killed worker to be replaced", interval=0.1)
+
+        swept = [time.monotonic()]
 
         def recovered() -> bool:
             if time.monotonic() - swept[-1] > 10:
@@ -165,14 +179,7 @@ def test_worker_killed_at_each_point_of_a_charge_charges_exactly_once(
                     RECONCILE_TASK,
                     kwargs={"older_than_seconds": 3600, "pending_older_than_seconds": 20},
                 )
-            worker = stack.worker.process
-            if worker is not None and worker.poll() is not None:
-                # Killed at a crash point: start another, without waiting for it to answer
-                # (the next crash point may kill it before it does).
-                stack.worker = Process(
-                    "worker", stack.worker.argv, stack.env, stack.worker.log_path
-                )
-                stack.worker.start()
+            if restart_if_killed():
                 return False
             states = {client.get(f"{PATH}/{pid}").json()["status"] for pid in ids.values()}
             return states == {"succeeded"}

@@ -162,6 +162,7 @@ class SinkHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        arrived = time.time()  # before the disk write, which would only add noise
         with self.lock:
             code = self.fail_next.pop(0) if self.fail_next else None
         if code is not None:
@@ -177,7 +178,7 @@ class SinkHandler:
         if self.keep_received:
             with self.lock:
                 self.received.append(
-                    Received(time.time(), sender, tuple(recipients), data, message_id)
+                    Received(arrived, sender, tuple(recipients), data, message_id)
                 )
         return f"250 2.0.0 OK: queued as {message_id}"
 

@@ -18,9 +18,9 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Connection, Executable, Table, select, update
 
-from conveyor.core.db import autocommit, session_scope
+from conveyor.core.db import autocommit, get_engine, session_scope
 from conveyor.core.errors import PermanentError, TransientError
 from conveyor.core.ledger import as_utc
 from conveyor.core.models import utcnow
@@ -104,8 +104,24 @@ class Sender:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     tally: Tally = field(default_factory=Tally)
+    _db: Connection | None = field(default=None, init=False, repr=False)
 
     def run(self, email_ids: list[str], *, deadline: float) -> Tally:
+        try:
+            return self._run(email_ids, deadline=deadline)
+        finally:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _write(self, statement: Executable) -> None:
+        """Run one statement in its own commit, on a connection kept for the whole run:
+        checking one out per email would cost a round trip (the pool's ping) each time."""
+        if self._db is None:
+            self._db = get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
+        self._db.execute(statement)
+
+    def _run(self, email_ids: list[str], *, deadline: float) -> Tally:
         emails = self._load(email_ids)
         blocked = self._suppressed(emails)
         pending = deque(email for email in emails if self._due(email))
@@ -275,22 +291,21 @@ class Sender:
             {"address": item.address, "code": item.code, "reply": item.reply}
             for item in accepted.refused
         ]
-        with autocommit() as connection:
-            connection.execute(
-                update(EMAILS)
-                .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
-                .values(
-                    status=EmailStatus.SENT,
-                    sent_at=utcnow(),
-                    smtp_code=accepted.code,
-                    smtp_reply=accepted.reply[:2000],
-                    refused=refused,
-                    skipped=skipped,
-                    error=None,
-                    attempts=EMAILS.c.attempts + 1,
-                    updated_at=utcnow(),
-                )
+        self._write(
+            update(EMAILS)
+            .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
+            .values(
+                status=EmailStatus.SENT,
+                sent_at=utcnow(),
+                smtp_code=accepted.code,
+                smtp_reply=accepted.reply[:2000],
+                refused=refused,
+                skipped=skipped,
+                error=None,
+                attempts=EMAILS.c.attempts + 1,
+                updated_at=utcnow(),
             )
+        )
         self.tally.sent += 1
         hard = [item for item in accepted.refused if item.permanent]
         if hard:
@@ -311,38 +326,35 @@ class Sender:
 
     def _mark_suppressed(self, email: Email) -> None:
         everyone = [*email.to, *email.cc, *email.bcc]
-        with autocommit() as connection:
-            connection.execute(
-                update(EMAILS)
-                .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
-                .values(status=EmailStatus.SUPPRESSED, skipped=everyone, updated_at=utcnow())
-            )
+        self._write(
+            update(EMAILS)
+            .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
+            .values(status=EmailStatus.SUPPRESSED, skipped=everyone, updated_at=utcnow())
+        )
         self.tally.suppressed += 1
 
     def _finish(
         self, email: Email, status: str, *, code: int | None, reply: str, error: str
     ) -> None:
-        with autocommit() as connection:
-            connection.execute(
-                update(EMAILS)
-                .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
-                .values(
-                    status=status,
-                    smtp_code=code,
-                    smtp_reply=reply[:2000],
-                    error=error[:2000],
-                    attempts=EMAILS.c.attempts + 1,
-                    updated_at=utcnow(),
-                )
+        self._write(
+            update(EMAILS)
+            .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
+            .values(
+                status=status,
+                smtp_code=code,
+                smtp_reply=reply[:2000],
+                error=error[:2000],
+                attempts=EMAILS.c.attempts + 1,
+                updated_at=utcnow(),
             )
+        )
 
     def _note_error(self, email: Email, error: str) -> None:
-        with autocommit() as connection:
-            connection.execute(
-                update(EMAILS)
-                .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
-                .values(error=error[:2000], attempts=EMAILS.c.attempts + 1, updated_at=utcnow())
-            )
+        self._write(
+            update(EMAILS)
+            .where(EMAILS.c.id == email.id, EMAILS.c.status != EmailStatus.SENT)
+            .values(error=error[:2000], attempts=EMAILS.c.attempts + 1, updated_at=utcnow())
+        )
 
     def _suppress(self, email: Email, refused: Sequence[tuple[str, int | None, str]]) -> None:
         with session_scope() as session:
