@@ -177,9 +177,7 @@ class SinkHandler:
         )
         if self.keep_received:
             with self.lock:
-                self.received.append(
-                    Received(arrived, sender, tuple(recipients), data, message_id)
-                )
+                self.received.append(Received(arrived, sender, tuple(recipients), data, message_id))
         return f"250 2.0.0 OK: queued as {message_id}"
 
     def fail(self, *codes: int) -> None:
