@@ -151,7 +151,18 @@ class SinkHandler:
     received: list[Received] = field(default_factory=list)
     # Tests read `received`; the long-running sink keeps messages on disk only.
     keep_received: bool = True
+    # Advertise PIPELINING (RFC 2920), as hosted providers do; off tests the plain path.
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # the hook takes over what aiosmtpd would do
+        if self.pipelining:
+            # Commands are read one line at a time, so pipelined ones simply queue up.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any

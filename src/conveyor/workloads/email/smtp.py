@@ -10,10 +10,12 @@ idle, and opens a new one when the server dropped it. Replies are classified the
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conveyor.core.errors import PermanentError, TransientError
@@ -99,6 +101,28 @@ class Accepted:
     refused: tuple[Refusal, ...] = ()
 
 
+class _LostBeforeFirstReply(Exception):
+    """The connection failed before the server answered MAIL: nothing was accepted."""
+
+
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _command(smtp: smtplib.SMTP, command: str) -> tuple[int, bytes]:
+    smtp.putcmd(command)
+    return smtp.getreply()
+
+
+def _send_body(smtp: smtplib.SMTP, message: bytes) -> tuple[int, bytes]:
+    """The message after a 354: CRLF line ends, leading dots doubled, then CRLF.CRLF."""
+    body = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", message))
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    smtp.send(body + b".\r\n")
+    return smtp.getreply()
+
+
 @dataclass
 class SmtpConnection:
     """One SMTP connection, opened on first use and reused; not shared between threads."""
@@ -159,18 +183,19 @@ class SmtpConnection:
         with self._lock:
             smtp, reused = self._usable()
             try:
-                code, reply = smtp.mail(sender)
-            except (smtplib.SMTPServerDisconnected, OSError):
-                if not reused:
+                try:
+                    return self._transaction(smtp, sender, recipients, message)
+                except _LostBeforeFirstReply:
+                    if not reused:
+                        raise TemporarySmtpError("mail", None, "connection lost") from None
+                    # A kept-open connection the server closed since the NOOP: nothing was
+                    # accepted yet, so one fresh connection is safe.
                     self.close()
-                    raise TemporarySmtpError("mail", None, "connection lost") from None
-                # A kept-open connection the server closed since the NOOP: nothing was sent
-                # yet, so one fresh connection is safe.
-                self.close()
-                self.smtp = smtp = self._open()
-                code, reply = self._guard(smtp.mail, sender, stage="mail")
-            try:
-                return self._transaction(smtp, code, reply, sender, recipients, message)
+                    self.smtp = smtp = self._open()
+                    try:
+                        return self._transaction(smtp, sender, recipients, message)
+                    except _LostBeforeFirstReply:
+                        raise TemporarySmtpError("mail", None, "connection lost") from None
             except SmtpError:
                 # Whatever state the session is in now, the next message starts afresh.
                 self.close()
@@ -179,21 +204,32 @@ class SmtpConnection:
                 self.last_used = time.monotonic()
 
     def _transaction(
-        self,
-        smtp: smtplib.SMTP,
-        code: int,
-        reply: bytes,
-        sender: str,
-        recipients: list[str],
-        message: bytes,
+        self, smtp: smtplib.SMTP, sender: str, recipients: list[str], message: bytes
     ) -> Accepted:
+        pipelined = smtp.has_extn("pipelining")
+        envelope = [f"MAIL FROM:{smtplib.quoteaddr(sender)}"]
+        if pipelined:
+            # RFC 2920: MAIL, every RCPT and DATA in one write, their replies read in order:
+            # one round trip where each command would otherwise wait for its answer.
+            envelope += [f"RCPT TO:{smtplib.quoteaddr(address)}" for address in recipients]
+            envelope.append("DATA")
+        try:
+            smtp.send("".join(f"{command}\r\n" for command in envelope))
+            code, reply = smtp.getreply()
+        except (smtplib.SMTPException, OSError):
+            raise _LostBeforeFirstReply from None
         if code != 250:
             raise failure("mail", code, reply)
         refused: list[Refusal] = []
         for address in recipients:
-            rcpt_code, rcpt_reply = self._guard(smtp.rcpt, address, stage="rcpt")
+            if pipelined:
+                rcpt_code, rcpt_reply = self._guard(smtp.getreply, stage="rcpt")
+            else:
+                rcpt_code, rcpt_reply = self._guard(smtp.rcpt, address, stage="rcpt")
             if rcpt_code not in (250, 251):
                 refused.append(Refusal(address, rcpt_code, _decode(rcpt_reply)))
+        if pipelined:
+            data_code, data_reply = self._guard(smtp.getreply, stage="data")
         if len(refused) == len(recipients):
             first = refused[0]
             kind = (
@@ -201,21 +237,23 @@ class SmtpConnection:
                 if all(item.permanent for item in refused)
                 else TemporarySmtpError
             )
+            # A pipelined DATA may have been answered 354 all the same: the connection is
+            # closed without a body, so the server delivers nothing.
             raise kind("rcpt", first.code, first.reply, tuple(refused))
-        try:
-            data_code, data_reply = smtp.data(message)
-        except smtplib.SMTPResponseException as exc:
-            raise failure("data", exc.smtp_code, exc.smtp_error) from None
-        except (smtplib.SMTPException, OSError) as exc:
-            raise TemporarySmtpError("data", None, f"connection lost: {exc}") from None
+        if not pipelined:
+            data_code, data_reply = self._guard(_command, smtp, "DATA", stage="data")
+        if data_code != 354:
+            raise failure("data", data_code, data_reply)
+        data_code, data_reply = self._guard(_send_body, smtp, message, stage="data")
         if data_code != 250:
             raise failure("data", data_code, data_reply)
         return Accepted(data_code, _decode(data_reply), tuple(refused))
 
-    def _guard(self, call: object, *args: str, stage: str) -> tuple[int, bytes]:
-        assert callable(call)
+    def _guard(
+        self, call: Callable[..., tuple[int, bytes]], *args: object, stage: str
+    ) -> tuple[int, bytes]:
         try:
-            result: tuple[int, bytes] = call(*args)
+            result = call(*args)
         except smtplib.SMTPResponseException as exc:
             raise failure(stage, exc.smtp_code, exc.smtp_error) from None
         except (smtplib.SMTPException, OSError) as exc:
