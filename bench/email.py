@@ -8,7 +8,8 @@ process. P sender processes each send N/P messages built by the workload's own
 `build_message`:
 
   1. reuse: one `SmtpConnection` per process (the worker's path: connect once, NOOP when
-     idle, MAIL/RCPT/DATA per message)
+     idle, MAIL, RCPT and DATA pipelined in one write per message, as the sink offers
+     PIPELINING)
   2. naive: `smtplib.SMTP(host, port)` + `sendmail` + `quit` per message (login too when
      the server offers AUTH; the sink does not)
 
@@ -118,6 +119,7 @@ def send_paced(port: int, indexes: list[int], rate: float, redis_url: str) -> li
 
 def serve_tls(port: int, cert: str, key: str, ready: Any) -> None:
     """An aiosmtpd server requiring STARTTLS and AUTH, like a provider's port 587."""
+    import logging
     import ssl
 
     from aiosmtpd.controller import Controller
@@ -125,6 +127,8 @@ def serve_tls(port: int, cert: str, key: str, ready: Any) -> None:
 
     from conveyor.local.mail_sink import SinkHandler
 
+    # aiosmtpd logs a warning about its own legacy attribute on every login.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
 
