@@ -106,11 +106,11 @@ def send_paced(port: int, indexes: list[int], rate: float, redis_url: str) -> li
     for index in indexes:
         sender, recipients, data = message(index)
         while True:
-            wait, booked = pacer.global_wait("bench", 1)
-            if wait > 0:
-                time.sleep(wait)
-            if booked:
+            slot = pacer.take("bench", {}, 1)
+            if slot.allowed or slot.reserved:
+                time.sleep(slot.retry_after)
                 break
+            time.sleep(slot.retry_after)
         connection.send(sender, recipients, data)
         stamps.append(time.time())
     connection.close()

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from conveyor.core import db
 from conveyor.core.jobs import Submission, submit
 from conveyor.core.models import Job
-from conveyor.core.rate_limit import Rate, acquire, reserve
+from conveyor.core.rate_limit import Bucket, Decision, Rate, acquire, reserve, take_all
 from conveyor.core.task import TICKET_GRACE
 from tests.integration.conftest import Stack, extra_api, wait_for
 from tests.integration.test_locks import start_worker_process
@@ -58,6 +58,31 @@ def test_gcra_script_decisions(client: redis.Redis) -> None:
     assert [s.allowed for s in slots] == [True, False, False, False, False, False]
     assert [s.reserved for s in slots] == [False, True, True, True, False, False]
     assert [round(s.retry_after, 6) for s in slots] == [0, 0.1, 0.2, 0.3, 0.05, 0.05]
+
+
+def test_take_all_is_all_or_nothing(client: redis.Redis) -> None:
+    provider, domain = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    t = 2_000_000.0
+
+    def take(offset: float) -> Decision:
+        buckets = [Bucket(provider, "10/s", horizon=1.0), Bucket(domain, "2/s")]
+        return take_all(buckets, client=client, at=t + offset)
+
+    first = take(0)
+    assert first.allowed
+    # The domain is busy for 0.5 s: refused, and the provider's slot is not taken meanwhile.
+    busy = take(0.05)
+    assert (busy.allowed, busy.reserved, busy.refused_by) == (False, False, domain)
+    assert round(busy.retry_after, 6) == 0.45
+    booked = reserve(provider, "10/s", horizon=1.0, client=client, at=t + 0.05)
+    assert round(booked.retry_after, 6) == 0.05  # the next slot after the first call's
+    assert take(0.5).allowed
+    # The provider is booked 0.2 s ahead, the domain is free: the call books both.
+    for _ in range(2):
+        reserve(provider, "10/s", horizon=1.0, client=client, at=t + 1.0)
+    later = take(1.0)
+    assert (later.allowed, later.reserved, round(later.retry_after, 6)) == (False, True, 0.2)
+    assert take(1.0).refused_by == domain
 
 
 def _hammer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
@@ -12,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from conveyor.core.rate_limit import Decision
+from conveyor.core.rate_limit import Bucket, Decision
 from conveyor.local.mail_sink import Mailbox, SinkHandler
 from conveyor.workloads.email.addresses import Address, parse_address, parse_addresses
 from conveyor.workloads.email.errors import InvalidInput
 from conveyor.workloads.email.html_text import html_to_text
-from conveyor.workloads.email.limits import EmailLimits, Pacer, as_rate
+from conveyor.workloads.email.limits import RESERVE_HORIZON, EmailLimits, Pacer, as_rate
 from conveyor.workloads.email.message import Attachment, Draft, build_message
 from conveyor.workloads.email.service import list_unsubscribe
 from conveyor.workloads.email.templates import BUILTIN_DIR, RenderError, TemplateRegistry
@@ -188,16 +189,16 @@ def test_list_unsubscribe_encodes_the_address_and_offers_one_click() -> None:
     assert "List-Unsubscribe-Post" not in list_unsubscribe("a@example.com", None, "u@e.com")
 
 
-class FakeLimiter:
-    """Records calls; answers from a table of key -> Decision."""
+class FakeTakeAll:
+    """Records the buckets of each call; answers with `answer`."""
 
-    def __init__(self, answers: dict[str, Decision]) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, int]] = []
+    def __init__(self, answer: Decision | None = None) -> None:
+        self.answer = answer or Decision(allowed=True)
+        self.calls: list[list[tuple[str, int, float]]] = []
 
-    def __call__(self, key: str, rate: Any, *, cost: int = 1, **_: Any) -> Decision:
-        self.calls.append((key, cost))
-        return self.answers.get(key, Decision(allowed=True))
+    def __call__(self, buckets: Sequence[Bucket]) -> Decision:
+        self.calls.append([(bucket.key, bucket.cost, bucket.horizon) for bucket in buckets])
+        return self.answer
 
 
 def test_rates_are_evenly_spaced_and_zero_is_off() -> None:
@@ -211,27 +212,29 @@ def test_rates_are_evenly_spaced_and_zero_is_off() -> None:
 
 def test_domain_limits_use_overrides_and_skip_unlimited_domains() -> None:
     limits = EmailLimits(domain=0, domain_overrides={"slow.example.org": 10})
-    acquire = FakeLimiter({"email:domain:slow.example.org": Decision(False, retry_after=0.07)})
-    pacer = Pacer(limits, acquire=acquire, reserve=FakeLimiter({}))
-    assert pacer.domains_wait({"fast.example.com": 3}) == 0.0
-    assert acquire.calls == []  # no limit for that domain: no Redis call
-    assert pacer.domains_wait({"slow.example.org": 2}) == pytest.approx(0.07)
-    assert acquire.calls == [("email:domain:slow.example.org", 2)]
+    take_all = FakeTakeAll()
+    pacer = Pacer(limits, take_all=take_all)
+    assert pacer.take("acme", {"fast.example.com": 3}, 3).allowed
+    assert take_all.calls == [[]]  # no limit for that domain (nor any other): no bucket
+    pacer.take("acme", {"slow.example.org": 2, "fast.example.com": 1}, 3)
+    # A domain's slot is taken only if free now (horizon 0), one per recipient there.
+    assert take_all.calls[-1] == [("email:domain:slow.example.org", 2, 0.0)]
 
 
-def test_owner_and_provider_slots_are_booked_and_the_longer_wait_wins() -> None:
-    reserve = FakeLimiter(
-        {
-            "email:owner:acme": Decision(False, retry_after=0.02, reserved=True),
-            "email:provider": Decision(False, retry_after=0.05, reserved=True),
-        }
-    )
-    pacer = Pacer(EmailLimits(provider=100, owner=50), acquire=FakeLimiter({}), reserve=reserve)
-    assert pacer.global_wait("acme", 1) == (pytest.approx(0.05), True)
-    assert [key for key, _ in reserve.calls] == ["email:owner:acme", "email:provider"]
-    full = FakeLimiter({"email:provider": Decision(False, retry_after=3.0)})
-    pacer = Pacer(EmailLimits(provider=100), acquire=FakeLimiter({}), reserve=full)
-    assert pacer.global_wait("acme", 1) == (pytest.approx(3.0), False)
+def test_one_call_takes_domain_slots_and_books_owner_and_provider_slots() -> None:
+    limits = EmailLimits(provider=100, owner=50, domain=20)
+    busy = Decision(False, retry_after=0.07, refused_by="email:domain:b.example")
+    take_all = FakeTakeAll(busy)
+    decision = Pacer(limits, take_all=take_all).take("acme", {"b.example": 1, "a.example": 2}, 3)
+    assert decision is busy
+    assert take_all.calls == [
+        [
+            ("email:domain:a.example", 2, 0.0),
+            ("email:domain:b.example", 1, 0.0),
+            ("email:owner:acme", 3, RESERVE_HORIZON),
+            ("email:provider", 3, RESERVE_HORIZON),
+        ]
+    ]
 
 
 def test_mailbox_keeps_the_newest_messages_and_parses_them(tmp_path: Path) -> None:

@@ -10,7 +10,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conveyor.api import rate_limit as api_rate_limit
 from conveyor.core import rate_limit
-from conveyor.core.rate_limit import RATE_PREFIX, Decision, Rate, acquire, parse_rate, reserve
+from conveyor.core.rate_limit import (
+    RATE_PREFIX,
+    Bucket,
+    Decision,
+    Rate,
+    acquire,
+    parse_rate,
+    reserve,
+    take_all,
+)
 from conveyor.core.task import MAX_WAIT_DELAY, MIN_WAIT_DELAY, max_wait_delay, ticket_wait
 
 
@@ -63,27 +72,53 @@ class FakeRedis:
 
 
 def test_acquire_sends_microseconds_and_reads_the_decision() -> None:
-    client = FakeRedis([0, "250000", 0])
+    client = FakeRedis([0, "250000", 0, 1])
     decision = acquire("smtp:mailgun", "10/s burst 3", client=client)  # type: ignore[arg-type]
     assert decision == Decision(allowed=False, retry_after=0.25)
-    # interval 100 ms, burst window 300 ms, cost 1, no reservation horizon; Redis's clock.
-    assert client.calls == [(RATE_PREFIX + "smtp:mailgun", 100_000, 300_000, 1, 0)]
+    # Redis's clock; interval 100 ms, burst window 300 ms, cost 1, no reservation horizon.
+    assert client.calls == [(RATE_PREFIX + "smtp:mailgun", "", 100_000, 300_000, 1, 0)]
 
-    allowed = acquire("k", Rate(1, 1.0), client=FakeRedis([1, 0, 4]), at=12.5)  # type: ignore[arg-type]
+    allowed = acquire("k", Rate(1, 1.0), client=FakeRedis([1, 0, 4, 0]), at=12.5)  # type: ignore[arg-type]
     assert allowed == Decision(allowed=True, retry_after=0.0, remaining=4)
 
 
 def test_reserve_books_within_its_horizon() -> None:
-    client = FakeRedis([2, "1500000", 0])
+    client = FakeRedis([2, "1500000", 0, 0])
     decision = reserve("k", "2/s", horizon=5, client=client, at=100.0)  # type: ignore[arg-type]
     assert decision.reserved
     assert not decision.allowed
     assert decision.retry_after == 1.5
-    assert client.calls == [(RATE_PREFIX + "k", 500_000, 500_000, 1, 5_000_000, 100_000_000)]
+    assert client.calls == [(RATE_PREFIX + "k", 100_000_000, 500_000, 500_000, 1, 5_000_000)]
     with pytest.raises(ValueError, match="horizon"):
         reserve("k", "2/s", horizon=-1)
     with pytest.raises(ValueError, match="cost"):
         acquire("k", "2/s", cost=0)
+
+
+def test_take_all_asks_every_bucket_in_one_call_and_names_the_one_that_refused() -> None:
+    client = FakeRedis([0, "70000", 0, 2])
+    buckets = [
+        Bucket("email:provider", "100/s", horizon=10),
+        Bucket("email:domain:slow.example.org", "20/s", cost=3),
+    ]
+    decision = take_all(buckets, client=client, at=50.0)  # type: ignore[arg-type]
+    assert decision == Decision(
+        allowed=False, retry_after=0.07, refused_by="email:domain:slow.example.org"
+    )
+    assert client.calls == [
+        (
+            RATE_PREFIX + "email:provider",
+            RATE_PREFIX + "email:domain:slow.example.org",
+            50_000_000,
+            *(10_000, 10_000, 1, 10_000_000),
+            *(50_000, 50_000, 3, 0),
+        )
+    ]
+    nothing = FakeRedis([])
+    assert take_all([], client=nothing).allowed  # type: ignore[arg-type]
+    assert nothing.calls == []  # no limits: no round trip
+    with pytest.raises(ValueError, match="cost"):
+        take_all([Bucket("k", "1/s", cost=0)], client=nothing)  # type: ignore[arg-type]
 
 
 def test_retry_after_header_is_whole_seconds_rounded_up() -> None:

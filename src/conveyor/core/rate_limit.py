@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -94,51 +95,108 @@ def _parse(spec: str) -> Rate:
 @dataclass(frozen=True)
 class Decision:
     """`allowed`: go now. `reserved`: go after `retry_after` without asking again.
-    Neither: ask again after `retry_after` seconds."""
+    Neither: ask again after `retry_after` seconds; `refused_by` names the limit that said no
+    (for `take_all`, which asks several)."""
 
     allowed: bool
     retry_after: float = 0.0
     remaining: int = 0
     reserved: bool = False
+    refused_by: str | None = None
 
 
-# GCRA. KEYS[1]: the bucket (its value is the theoretical arrival time, TAT, in µs).
-# ARGV: emission interval T (µs), burst window T*burst (µs), cost, reservation horizon (µs),
-# and optionally "now" (µs; tests only — otherwise Redis's own clock, the same for all callers).
-# A call is allowed when, after adding its cost, the TAT stays within the burst window of now.
-# Otherwise, if the wait fits in the horizon, the slot is reserved (the TAT advances) and the
-# caller goes at its time; else nothing changes. Returns {code, wait µs, remaining}:
-# code 1 allowed, 2 reserved, 0 denied.
+@dataclass(frozen=True)
+class Bucket:
+    """One limit for `take_all`: `cost` calls against `rate` on `key`; horizon 0 takes a
+    slot only when one is free now, a positive horizon books one up to that far ahead."""
+
+    key: str
+    rate: str | Rate
+    cost: int = 1
+    horizon: float = 0.0
+
+
+# GCRA over one or more buckets, all or nothing. KEYS: the buckets (each value is the
+# theoretical arrival time, TAT, in µs). ARGV[1]: "now" in µs, or "" for Redis's own clock
+# (the same for all callers; an injected clock is for tests). Then four per bucket: emission
+# interval T (µs), burst window T*burst (µs), cost, reservation horizon (µs).
+# A bucket allows a call when, after adding its cost, its TAT stays within the burst window
+# of now; it can book one when the wait fits in its horizon. If every bucket can, all their
+# TATs advance and the caller goes after the longest wait; if one cannot, nothing changes.
+# Returns {code, wait µs, remaining, refusing bucket (1-based, 0 if none)}:
+# code 1 allowed, 2 reserved, 0 denied (wait: until that bucket could book).
 _GCRA = LuaScript(
     """
-local interval = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local horizon = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
+local now = tonumber(ARGV[1])
 if not now then
   local clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 end
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-local wait = new_tat - window - now
-if wait <= horizon then
-  redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
-             'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-  if wait <= 0 then
-    return {1, 0, math.floor((window - (new_tat - now)) / interval)}
+local new_tats = {}
+local longest = 0
+local remaining = nil
+for i, key in ipairs(KEYS) do
+  local base = 2 + (i - 1) * 4
+  local interval = tonumber(ARGV[base])
+  local window = tonumber(ARGV[base + 1])
+  local cost = tonumber(ARGV[base + 2])
+  local horizon = tonumber(ARGV[base + 3])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local wait = new_tat - window - now
+  if wait > horizon then
+    return {0, string.format('%.0f', wait - horizon), 0, i}
   end
-  return {2, string.format('%.0f', wait), 0}
+  new_tats[i] = new_tat
+  if wait > longest then longest = wait end
+  local left = math.floor((window - (new_tat - now)) / interval)
+  if remaining == nil or left < remaining then remaining = left end
 end
-return {0, string.format('%.0f', wait - horizon), 0}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, string.format('%.0f', new_tats[i]),
+             'PX', math.max(1, math.ceil((new_tats[i] - now) / 1000)))
+end
+if longest <= 0 then
+  return {1, 0, remaining or 0, 0}
+end
+return {2, string.format('%.0f', longest), 0, 0}
 """
 )
 
 
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
+
+
+def take_all(
+    buckets: Sequence[Bucket], *, client: redis.Redis | None = None, at: float | None = None
+) -> Decision:
+    """Take from every bucket at once, in one round trip, or from none of them.
+
+    For a call bound by several limits (a provider's, a domain's, a customer's): no slot is
+    taken from one limit while another refuses, so a refusal costs the others nothing.
+    """
+    if not buckets:
+        return Decision(allowed=True)
+    args: list[str | int | float] = ["" if at is None else _us(at)]
+    for bucket in buckets:
+        parsed = parse_rate(bucket.rate)
+        if bucket.cost < 1:
+            raise ValueError(f"cost must be at least 1, got {bucket.cost}")
+        if bucket.horizon < 0:
+            raise ValueError(f"horizon must not be negative, got {bucket.horizon}")
+        interval = _us(parsed.interval)
+        args += [interval, interval * parsed.burst, bucket.cost, _us(bucket.horizon)]
+    keys = [RATE_PREFIX + bucket.key for bucket in buckets]
+    code, wait, remaining, refused = _GCRA(client or get_redis(), keys, args)
+    return Decision(
+        allowed=int(code) == 1,
+        retry_after=int(wait) / 1_000_000,
+        remaining=max(0, int(remaining)),
+        reserved=int(code) == 2,
+        refused_by=buckets[int(refused) - 1].key if int(refused) else None,
+    )
 
 
 def _decide(
@@ -150,21 +208,9 @@ def _decide(
     client: redis.Redis | None,
     at: float | None,
 ) -> Decision:
-    parsed = parse_rate(rate)
-    if cost < 1:
-        raise ValueError(f"cost must be at least 1, got {cost}")
-    interval = _us(parsed.interval)
-    args: list[str | int | float] = [interval, interval * parsed.burst, cost, _us(horizon)]
-    if at is not None:
-        args.append(_us(at))
-    code, wait, remaining = _GCRA(client or get_redis(), [RATE_PREFIX + key], args)
-    seconds = int(wait) / 1_000_000
-    return Decision(
-        allowed=int(code) == 1,
-        retry_after=seconds,
-        remaining=max(0, int(remaining)),
-        reserved=int(code) == 2,
-    )
+    bucket = Bucket(key, rate, cost=cost, horizon=horizon)
+    decision = take_all([bucket], client=client, at=at)
+    return Decision(decision.allowed, decision.retry_after, decision.remaining, decision.reserved)
 
 
 def acquire(

@@ -1,15 +1,16 @@
 """The email rate limits: provider-wide, per recipient domain and per owner, all in Redis.
 
 Each is a GCRA bucket from conveyor.core.rate_limit, so it holds across every worker
-process and machine. The domain check only takes a slot when one is free (`acquire`): a
-sender finding a domain busy moves on to other recipients instead of waiting. The owner and
-provider checks book the next free slot (`reserve`) and the sender sleeps until it, so
-slots are handed out evenly in arrival order.
+process and machine. A domain's slot is only taken when one is free now: a sender finding
+a domain busy moves on to other recipients instead of waiting. The owner and provider slots
+are booked ahead and the sender sleeps until them, so they are handed out evenly in arrival
+order. All of an email's limits are asked in one script call, all or nothing: a busy domain
+costs the provider no slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.core import rate_limit
@@ -19,7 +20,8 @@ PROVIDER_KEY = "email:provider"
 # Booking further ahead than this means the limit is far over-subscribed: ask again later.
 RESERVE_HORIZON = 10.0
 
-Acquire = Callable[..., rate_limit.Decision]
+DOMAIN_PREFIX = "email:domain:"
+TakeAll = Callable[[Sequence[rate_limit.Bucket]], rate_limit.Decision]
 
 
 def as_rate(per_second: float) -> rate_limit.Rate | None:
@@ -53,33 +55,25 @@ class EmailLimits:
 @dataclass
 class Pacer:
     limits: EmailLimits
-    acquire: Acquire = rate_limit.acquire
-    reserve: Acquire = rate_limit.reserve
+    take_all: TakeAll = rate_limit.take_all
 
-    def domains_wait(self, domains: dict[str, int]) -> float:
-        """0 if every domain has a free slot now (taken); else seconds until one might."""
-        for domain, count in sorted(domains.items()):
+    def take(self, owner: str, domains: dict[str, int], count: int) -> rate_limit.Decision:
+        """Slots for one email: a free one at each recipient domain now, and booked ones at
+        the owner and provider limits; all in one round trip, and none if one says no.
+
+        `refused_by` starting with DOMAIN_PREFIX: that domain is busy, try another email.
+        Otherwise, not allowed nor reserved: the provider or owner limit is booked past
+        RESERVE_HORIZON; ask again after `retry_after`."""
+        buckets = []
+        for domain, recipients in sorted(domains.items()):
             rate = as_rate(self.limits.domain_rate(domain))
-            if rate is None:
-                continue
-            decision = self.acquire(f"email:domain:{domain}", rate, cost=count)
-            if not decision.allowed:
-                return max(decision.retry_after, 0.001)
-        return 0.0
-
-    def global_wait(self, owner: str, count: int) -> tuple[float, bool]:
-        """Seconds to wait for the owner and provider limits, and whether the slots are
-        booked (True: send after the wait; False: ask again after it)."""
-        wait = 0.0
+            if rate is not None:
+                buckets.append(rate_limit.Bucket(DOMAIN_PREFIX + domain, rate, cost=recipients))
         for key, per_second in (
             (f"email:owner:{owner}", self.limits.owner),
             (PROVIDER_KEY, self.limits.provider),
         ):
             rate = as_rate(per_second)
-            if rate is None:
-                continue
-            decision = self.reserve(key, rate, cost=count, horizon=RESERVE_HORIZON)
-            if not decision.allowed and not decision.reserved:
-                return max(decision.retry_after, 0.01), False
-            wait = max(wait, decision.retry_after if decision.reserved else 0.0)
-        return wait, True
+            if rate is not None:
+                buckets.append(rate_limit.Bucket(key, rate, cost=count, horizon=RESERVE_HORIZON))
+        return self.take_all(buckets)

@@ -27,7 +27,7 @@ from conveyor.core.models import utcnow
 from conveyor.core.storage import NotFound, Storage
 from conveyor.workloads.email import suppressions
 from conveyor.workloads.email.addresses import Address
-from conveyor.workloads.email.limits import Pacer
+from conveyor.workloads.email.limits import DOMAIN_PREFIX, Pacer
 from conveyor.workloads.email.message import Attachment, Draft, build_message
 from conveyor.workloads.email.models import (
     FINAL_STATUSES,
@@ -150,15 +150,20 @@ class Sender:
                 self._mark_suppressed(email)
                 done += 1
                 continue
-            wait = self.pacer.domains_wait(Counter(address.domain for address in envelope))
-            if wait > 0:
-                not_before[email.id] = now + wait
+            domains = Counter(address.domain for address in envelope)
+            slot = self.pacer.take(email.owner, domains, len(envelope))
+            if (slot.refused_by or "").startswith(DOMAIN_PREFIX):
+                not_before[email.id] = now + max(slot.retry_after, 0.001)
                 pending.rotate(-1)
                 continue
-            # Built before waiting for the slot: the wait hides the work.
-            data = self._build(email)
-            if not self._wait_global(email.owner, len(envelope), deadline):
+            if not (slot.allowed or slot.reserved):
+                # The provider or owner limit is booked far ahead: ask again later.
+                self.sleep(max(0.0, min(max(slot.retry_after, 0.01), deadline - now)))
                 continue
+            # Built while the booked slot comes closer: the wait hides the work.
+            data = self._build(email)
+            if slot.reserved:
+                self.sleep(max(0.0, min(now + slot.retry_after, deadline) - self.clock()))
             pending.popleft()
             self._send(email, data, envelope, blocked)
             done += 1
@@ -211,13 +216,6 @@ class Sender:
         owner_blocked = blocked.get(email.owner, set())
         everyone = [Address.from_json(item) for item in [*email.to, *email.cc, *email.bcc]]
         return [item for item in everyone if item.email.lower() not in owner_blocked]
-
-    def _wait_global(self, owner: str, count: int, deadline: float) -> bool:
-        """Wait for booked owner and provider slots; False: nothing booked, look again."""
-        wait, booked = self.pacer.global_wait(owner, count)
-        if wait > 0:
-            self.sleep(max(0.0, min(wait, deadline - self.clock())))
-        return booked
 
     # --- sending --------------------------------------------------------------------
 
