@@ -52,8 +52,10 @@ class OutOfTime(TransientError):
 
 
 # Every email left waiting this long for its domain: hand them back rather than hold a
-# worker process that could be sending another chunk meanwhile.
-DEFER_AFTER = 0.05
+# worker process that could be sending another chunk meanwhile. Not for shorter waits: the
+# handed-back emails queue behind the chunks already waiting for a process, and under
+# load they were handed back again and again and all sent at the end, at the domain's pace.
+DEFER_AFTER = 0.5
 
 
 class Deferred(Exception):
