@@ -23,6 +23,7 @@ from conveyor.core import db
 from conveyor.core.models import Job
 from tests.integration.conftest import Stack, wait_for
 from tests.integration.email_smtp import MailServer, mail, mail_server
+from tests.integration.host import HostShare, floor_missed
 
 __all__ = ["mail", "mail_server"]  # fixtures
 
@@ -59,6 +60,7 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     )
     # The server runs in this process: 2,000 file writes would only compete with the senders.
     mailbox, mail.handler.mailbox = mail.handler.mailbox, None
+    host = HostShare()
     try:
         recipients = [
             {
@@ -96,8 +98,7 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
         per_second[int(stamp - stamps[0])] += 1
     timeline = f"first after {stamps[0] - accepted_at:.2f}s, per second: {per_second}"
     print(f"{TOTAL} messages in {duration:.2f}s; {timeline}")  # shown when a check fails
-    assert minimum <= duration <= 1.1 * 20, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
-    assert stamps[0] - accepted_at < 3, timeline
+    assert minimum <= duration, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
     # Arrivals are the booked slots plus each send's own time (milliseconds, more when the
     # CPU is busy): windows allow 30 ms of that jitter, and over 5 s it is the rate itself.
     jitter_slots = round(0.03 * PROVIDER_RATE)
@@ -109,8 +110,13 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     assert len(slow) == len([r for r in recipients if r["to"].endswith(SLOW_DOMAIN)])
     assert max_in_window(slow) <= SLOW_RATE + 1
     gaps = [later - earlier for earlier, later in itertools.pairwise(slow)]
-    # Evenly spaced at 1/10 s, give or take the time a send takes.
+    # Evenly spaced at 1/20 s, give or take the time a send takes.
     assert min(gaps) >= 0.5 / SLOW_RATE, f"two {SLOW_DOMAIN} sends {min(gaps):.3f}s apart"
+    # The floor: the limits waste no more than 10% of the provider's rate.
+    if duration > 1.1 * 20 or stamps[0] - accepted_at >= 3:
+        floor_missed(host, f"{TOTAL} messages took {duration:.2f}s")
+    assert duration <= 1.1 * 20, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
+    assert stamps[0] - accepted_at < 3, timeline
 
 
 @pytest.mark.one_database

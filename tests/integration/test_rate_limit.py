@@ -21,6 +21,7 @@ from conveyor.core.models import Job
 from conveyor.core.rate_limit import Bucket, Decision, Rate, acquire, reserve, take_all
 from conveyor.core.task import TICKET_GRACE
 from tests.integration.conftest import Stack, extra_api, wait_for
+from tests.integration.host import HostShare, floor_missed
 from tests.integration.test_locks import start_worker_process
 
 TASK = "tests.limits.rate_probe"
@@ -138,6 +139,7 @@ def test_rate_limited_task_shared_by_four_worker_processes(stack: Stack) -> None
     warm_up = 2.0
     count = int(PROBE_RATE * (window + warm_up + 2))
     extra = start_worker_process(stack, "default")  # 2 more processes: 4 in all
+    host = HostShare()
     try:
         ids = [submit(Submission(task_name=TASK, kwargs={"run": run})).id for _ in range(count)]
         wait_for(
@@ -153,11 +155,14 @@ def test_rate_limited_task_shared_by_four_worker_processes(stack: Stack) -> None
     start = times[0] + warm_up
     in_window = sum(1 for t in times if start <= t < start + window)
     expected = PROBE_RATE * window
-    assert abs(in_window - expected) <= 0.05 * expected, (in_window, expected)
+    assert in_window <= 1.05 * expected, (in_window, expected)
     # Never above the rate in any second: burst 1, plus the slots a late job may still use
     # (TICKET_GRACE), plus one at each edge (completions jitter around their start).
     busiest = max(sum(1 for t in times if first <= t < first + 1) for first in times)
     assert busiest <= PROBE_RATE * (1 + TICKET_GRACE) + 2, busiest
+    if in_window < 0.95 * expected:
+        floor_missed(host, f"{in_window} jobs in {window:.0f}s at {PROBE_RATE}/s")
+    assert in_window >= 0.95 * expected, (in_window, expected)
     # Waiting spent nothing: no Celery retry, one attempt each in the ledger.
     assert {item["retries"] for item in done} == {0}
     with db.session_scope() as session:
