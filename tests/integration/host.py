@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 # Above this share of CPU time lost to steal and I/O wait, a missed floor is not judged.
-UNFAIR_SHARE = 0.10
+UNFAIR_SHARE = 0.05
 
 
 def _cpu_times() -> tuple[int, int] | None:
