@@ -23,7 +23,6 @@ from conveyor.core import db
 from conveyor.core.models import Job
 from tests.integration.conftest import Stack, wait_for
 from tests.integration.email_smtp import MailServer, mail, mail_server
-from tests.integration.host import HostShare, floor_missed
 
 __all__ = ["mail", "mail_server"]  # fixtures
 
@@ -50,6 +49,17 @@ def max_in_window(stamps: list[float], window: float = 1.0) -> int:
 def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     stack: Stack, mail: MailServer
 ) -> None:
+    missed = _send_batch(stack, mail)
+    if missed is not None:
+        # A floor missed once may be the host (a VM's CPU taken by its neighbours); missed
+        # twice, it is Conveyor. The ceilings were checked in full both times.
+        mail.handler.reset()
+        again = _send_batch(stack, mail)
+        assert again is None, f"too slow twice: {missed}; then {again}"
+
+
+def _send_batch(stack: Stack, mail: MailServer) -> str | None:
+    """One run of the batch: asserts the ceilings; returns why the floor was missed."""
     client = redis.Redis.from_url(stack.env["CONVEYOR_REDIS_URL"])
     for key in client.scan_iter("conveyor:rate:email:*"):
         client.delete(key)
@@ -60,7 +70,6 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     )
     # The server runs in this process: 2,000 file writes would only compete with the senders.
     mailbox, mail.handler.mailbox = mail.handler.mailbox, None
-    host = HostShare()
     try:
         recipients = [
             {
@@ -98,7 +107,8 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
         per_second[int(stamp - stamps[0])] += 1
     timeline = f"first after {stamps[0] - accepted_at:.2f}s, per second: {per_second}"
     print(f"{TOTAL} messages in {duration:.2f}s; {timeline}")  # shown when a check fails
-    assert minimum <= duration, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
+    # Less 30 ms: the first arrival may come late by the jitter described below.
+    assert minimum - 0.03 <= duration, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
     # Arrivals are the booked slots plus each send's own time (milliseconds, more when the
     # CPU is busy): windows allow 30 ms of that jitter, and over 5 s it is the rate itself.
     jitter_slots = round(0.03 * PROVIDER_RATE)
@@ -114,9 +124,8 @@ def test_batch_of_2000_holds_provider_and_domain_limits_across_two_processes(
     assert min(gaps) >= 0.5 / SLOW_RATE, f"two {SLOW_DOMAIN} sends {min(gaps):.3f}s apart"
     # The floor: the limits waste no more than 10% of the provider's rate.
     if duration > 1.1 * 20 or stamps[0] - accepted_at >= 3:
-        floor_missed(host, f"{TOTAL} messages took {duration:.2f}s")
-    assert duration <= 1.1 * 20, f"{TOTAL} messages took {duration:.2f}s; {timeline}"
-    assert stamps[0] - accepted_at < 3, timeline
+        return f"{TOTAL} messages took {duration:.2f}s; {timeline}"
+    return None
 
 
 @pytest.mark.one_database
