@@ -122,39 +122,31 @@ def settle_refund(session: Session, refund_id: str, result: RefundResult) -> Ref
     return refund
 
 
-def payment_needs_review(session: Session, payment_id: str, reason: str) -> bool:
-    """Park a payment whose outcome nobody could learn; True if this call parked it."""
-    now = utcnow()
+def _park(
+    session: Session,
+    model: type[Payment] | type[Refund],
+    row_id: str,
+    startable: tuple[str, str],
+    review: str,
+    reason: str,
+) -> bool:
+    """One conditional UPDATE to `review`; True if this call moved the row."""
     done = session.execute(
-        update(Payment)
-        .where(
-            Payment.id == payment_id,
-            Payment.state.in_((PaymentState.PENDING, PaymentState.PROCESSING)),
-        )
-        .values(
-            state=PaymentState.REQUIRES_REVIEW,
-            failure_message=reason[:MAX_MESSAGE],
-            updated_at=now,
-        )
+        update(model)
+        .where(model.id == row_id, model.state.in_(startable))
+        .values(state=review, failure_message=reason[:MAX_MESSAGE], updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     return int(getattr(done, "rowcount", 0)) == 1
+
+
+def payment_needs_review(session: Session, payment_id: str, reason: str) -> bool:
+    """Park a payment whose outcome nobody could learn; True if this call parked it."""
+    startable = (PaymentState.PENDING, PaymentState.PROCESSING)
+    return _park(session, Payment, payment_id, startable, PaymentState.REQUIRES_REVIEW, reason)
 
 
 def refund_needs_review(session: Session, refund_id: str, reason: str) -> bool:
     """Park a refund; its reservation stays until the review settles it."""
-    now = utcnow()
-    done = session.execute(
-        update(Refund)
-        .where(
-            Refund.id == refund_id,
-            Refund.state.in_((RefundState.PENDING, RefundState.PROCESSING)),
-        )
-        .values(
-            state=RefundState.REQUIRES_REVIEW,
-            failure_message=reason[:MAX_MESSAGE],
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(done, "rowcount", 0)) == 1
+    startable = (RefundState.PENDING, RefundState.PROCESSING)
+    return _park(session, Refund, refund_id, startable, RefundState.REQUIRES_REVIEW, reason)
