@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from conveyor.core.metrics_setup import prepare_multiprocess_dir
+from conveyor.core.preflight import require_task_modules
 from conveyor.core.settings import SettingsError, get_settings
 
 try:
-    get_settings()
+    # Nothing configured and no `conveyor up` running here: one line, before Celery starts.
+    _ = get_settings().broker
+    require_task_modules()
 except SettingsError as exc:
     # One line, not a traceback: Celery would otherwise print the import error in full.
     raise SystemExit(f"conveyor: {exc}") from None

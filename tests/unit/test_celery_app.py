@@ -17,7 +17,7 @@ ALL_QUEUES = {"email", "images", "payments", "reports", "scraping", "webhooks", 
 
 @pytest.fixture
 def config() -> dict[str, Any]:
-    return celery_config(Settings())
+    return celery_config(Settings(redis_url="redis://127.0.0.1:6379/0"))
 
 
 def test_only_json_is_accepted(config: dict[str, Any]) -> None:
@@ -49,7 +49,7 @@ def test_worker_children_are_recycled(config: dict[str, Any]) -> None:
 def test_events_are_off_by_default_and_follow_the_setting(config: dict[str, Any]) -> None:
     assert config["worker_send_task_events"] is False
     assert config["task_send_sent_event"] is False
-    on = celery_config(Settings(task_events=True))
+    on = celery_config(Settings(redis_url="redis://127.0.0.1:6379/0", task_events=True))
     assert on["worker_send_task_events"] is True
     assert on["task_send_sent_event"] is True
 
@@ -63,7 +63,7 @@ def test_every_queue_is_declared(config: dict[str, Any]) -> None:
     assert route_task in config["task_routes"]
 
 
-def test_urls_default_to_redis(config: dict[str, Any]) -> None:
+def test_urls_default_to_the_redis_url(config: dict[str, Any]) -> None:
     assert config["broker_url"] == "redis://127.0.0.1:6379/0"
     assert config["result_backend"] == "redis://127.0.0.1:6379/0"
 

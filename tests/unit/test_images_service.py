@@ -19,6 +19,12 @@ from conveyor.workloads.images.validation import Inspected
 PRESET = BUILTIN["default"]
 
 
+@pytest.fixture(autouse=True)
+def _no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Job events are best effort: a closed port makes them fail at once, as without Redis.
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
+
+
 def _image(session: Session, tmp_path: Path) -> Image:
     image = service.create_image(
         session,

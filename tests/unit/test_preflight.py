@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.core.preflight import _safe_url, require_database
+from conveyor.core.preflight import require_database
+from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, SettingsError, get_settings
 
 
@@ -26,9 +27,9 @@ from conveyor.core.settings import Settings, SettingsError, get_settings
     ],
 )
 def test_safe_url_hides_only_the_password(url: str, safe: str) -> None:
-    assert _safe_url(url) == safe
+    assert safe_url(url) == safe
     for secret in ("s3cret", "p@ss", "w@rd"):
-        assert secret not in _safe_url(url)
+        assert secret not in safe_url(url)
 
 
 def one_line_error(settings: Settings | None = None) -> str:

@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor.core.settings import (
-    DEFAULT_REDIS_URL,
     QUEUES,
     Settings,
     SettingsError,
@@ -46,12 +45,16 @@ def test_api_defaults() -> None:
     assert settings.api_host == "127.0.0.1"
 
 
-def test_broker_and_result_backend_default_to_local_redis() -> None:
+def test_no_redis_is_guessed_when_none_is_configured_or_running(tmp_path: Path) -> None:
     settings = Settings()
     assert settings.redis_url is None
-    assert settings.redis == DEFAULT_REDIS_URL
-    assert settings.broker == DEFAULT_REDIS_URL
-    assert settings.result_backend == DEFAULT_REDIS_URL
+    for attribute in ("redis", "broker", "result_backend"):
+        with pytest.raises(SettingsError) as info:
+            getattr(settings, attribute)
+        assert str(info.value) == (
+            f"no Conveyor running here (nothing in {tmp_path / '.conveyor'}); start one with "
+            "`./dev up` or `conveyor up`, or set CONVEYOR_REDIS_URL"
+        )
 
 
 def test_broker_and_result_backend_follow_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,7 +134,7 @@ def test_settings_come_from_prefixed_environment_variables(
             "CONVEYOR_LOG_LEVEL": "debug",
             "CONVEYOR_LOG_JSON": "false",
             "CONVEYOR_MAX_BODY_BYTES": "4096",
-            "CONVEYOR_BOOTSTRAP_API_KEY": "cvk_0123456789ab_topsecret",
+            "CONVEYOR_BOOTSTRAP_API_KEY": "cvk_0123456789ab_topsecret-0123456789abcdefgh",
         },
     )
     settings = Settings()
@@ -140,7 +143,7 @@ def test_settings_come_from_prefixed_environment_variables(
     assert settings.log_json is False
     assert settings.max_body_bytes == 4096
     assert settings.bootstrap_api_key is not None
-    assert settings.bootstrap_api_key.get_secret_value() == "cvk_0123456789ab_topsecret"
+    assert settings.bootstrap_api_key.get_secret_value() == "cvk_0123456789ab_topsecret-0123456789abcdefgh"
     assert "topsecret" not in repr(settings)
 
 
@@ -306,3 +309,14 @@ def test_load_settings_hides_the_pydantic_traceback(monkeypatch: pytest.MonkeyPa
     # `from None`: the person sees the one line, not a chained ValidationError.
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__ is True
+
+
+def test_a_malformed_bootstrap_key_names_the_variable_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    message = settings_error(monkeypatch, {"CONVEYOR_BOOTSTRAP_API_KEY": "secret123"})
+    assert message.startswith(
+        "invalid configuration: CONVEYOR_BOOTSTRAP_API_KEY: must look like "
+        "cvk_<12 hex digits>_<a secret of 24+ characters>; make one with: python3 -c"
+    )
+    assert "secret123" not in message

@@ -15,6 +15,7 @@ from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.schemas import JobOut, JobPage, Problem
 from conveyor.core import jobs, ledger
 from conveyor.core.db import session_scope
+from conveyor.core.events import event_payload
 from conveyor.core.models import TERMINAL_STATES, JobState
 from conveyor.core.redis_client import job_channel
 from conveyor.core.settings import get_settings
@@ -91,9 +92,10 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> dict[str,
 
 
 def _load_snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
+    """The job as an event carries it, like the ones published: equal when nothing changed."""
     with session_scope() as session:
         job = ledger.get_job(session, job_id, owner)
-        return ledger.job_to_dict(job) if job else None
+        return event_payload(ledger.job_to_dict(job)) if job else None
 
 
 async def _snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
@@ -148,7 +150,8 @@ async def _job_events(
             "content": {"text/event-stream": {}},
             "description": (
                 "Server-sent events: `progress` while running, then one of `succeeded`, "
-                "`failed`, `cancelled`, `dead`; each `data` is the job as JSON. "
+                "`failed`, `cancelled`, `dead`; each `data` is the job as JSON, its error "
+                "without the traceback (`GET /api/v1/jobs/{job_id}` has that). "
                 "The stream ends when the job does."
             ),
         },

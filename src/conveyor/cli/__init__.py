@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import typer
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
 
-from conveyor.cli import cleanup, dead_letters, jobs, keys, run, status
+from conveyor.cli import cleanup, dead_letters, flower, jobs, keys, run, settings, status, up
 from conveyor.core.settings import SettingsError, get_settings
 
 app = typer.Typer(
@@ -16,12 +18,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.command()(run.up)
+app.command()(up.up)
 app.command()(run.api)
 app.command()(run.worker)
 app.command()(run.beat)
 app.command()(status.status)
 app.command()(cleanup.cleanup)
+app.command()(settings.settings)
+app.command()(flower.flower)
 app.add_typer(run.db_app, name="db")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
@@ -35,6 +39,12 @@ def main() -> None:
         app()
     except SettingsError as exc:
         err.print(f"[red]conveyor: {exc}[/red]", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KombuOperationalError, RedisError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        err.print(
+            f"[red]conveyor: cannot reach Redis: {first}[/red]", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except OperationalError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0]

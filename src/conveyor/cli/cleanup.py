@@ -8,24 +8,35 @@ import typer
 from rich.table import Table
 
 from conveyor.cli.render import make_console
+from conveyor.cli.system import ledger_session
 from conveyor.core import cleanup as pruning
-from conveyor.core.db import session_scope
 
 console = make_console()
 
 
 def cleanup(
     jobs_days: Annotated[
-        float | None, typer.Option(min=0, help="Default: CONVEYOR_JOB_RETENTION_DAYS.")
+        float | None,
+        typer.Option(min=0, metavar="DAYS", help="Default: CONVEYOR_JOB_RETENTION_DAYS."),
     ] = None,
     dead_letters_days: Annotated[
-        float | None, typer.Option(min=0, help="Default: CONVEYOR_DEAD_LETTER_RETENTION_DAYS.")
+        float | None,
+        typer.Option(min=0, metavar="DAYS", help="Default: CONVEYOR_DEAD_LETTER_RETENTION_DAYS."),
     ] = None,
     webhook_deliveries_days: Annotated[
         float | None,
-        typer.Option(min=0, help="Default: CONVEYOR_WEBHOOK_DELIVERY_RETENTION_DAYS."),
+        typer.Option(
+            min=0, metavar="DAYS", help="Default: CONVEYOR_WEBHOOK_DELIVERY_RETENTION_DAYS."
+        ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=10)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=10,
+            metavar="ROWS",
+            help="Rows deleted per transaction. Default: CONVEYOR_CLEANUP_BATCH_SIZE.",
+        ),
+    ] = None,
 ) -> None:
     """Prune finished jobs, expired idempotency keys, old webhook deliveries and dead letters."""
     defaults = pruning.Retention.from_settings()
@@ -41,7 +52,7 @@ def cleanup(
         ),
         batch_size=batch_size or defaults.batch_size,
     )
-    with session_scope() as session:
+    with ledger_session() as session:
         removed = pruning.run_cleanup(session, retention)
     table = Table("what", "removed", title="Cleanup")
     for name, count in removed.items():

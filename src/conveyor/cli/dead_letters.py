@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from conveyor.cli.render import make_console, when
 from conveyor.core import dead_letters, jobs
@@ -21,8 +22,12 @@ console = make_console()
 
 @app.command("list")
 def list_letters(
-    task: Annotated[str | None, typer.Option(help="Only this task name.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    task: Annotated[
+        str | None, typer.Option(metavar="TASK_NAME", help="Only this task name.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="How many to show.")
+    ] = 20,
 ) -> None:
     """Newest first."""
     table = Table("id", "task", "reason", "error", "attempts", "failed", "replayed as")
@@ -40,16 +45,31 @@ def list_letters(
     console.print(table)
 
 
-def _get(session: object, letter_id: str) -> DeadLetter:
-    letter = dead_letters.get(session, letter_id)  # type: ignore[arg-type]
-    if letter is None:
-        console.print(f"[red]no dead letter {letter_id}[/red]")
-        raise typer.Exit(1)
-    return letter
+LetterId = Annotated[
+    str,
+    typer.Argument(
+        metavar="ID",
+        help=f"Dead letter id, or its first {dead_letters.MIN_PREFIX_CHARS}+ characters.",
+    ),
+]
+
+
+def _get(session: Session, letter_id: str) -> DeadLetter:
+    match = dead_letters.find_by_prefix(session, letter_id)
+    if match.letter is not None:
+        return match.letter
+    if match.count > 1:
+        console.print(
+            f"[red]{letter_id} matches {match.count} dead letters; give more characters[/red]",
+            highlight=False,
+        )
+    else:
+        console.print(f"[red]no dead letter {letter_id}[/red]", highlight=False)
+    raise typer.Exit(1)
 
 
 @app.command("show")
-def show(letter_id: str) -> None:
+def show(letter_id: LetterId) -> None:
     """The dead letter with its arguments (secrets masked) and traceback."""
     with session_scope() as session:
         data = dead_letters.to_dict(_get(session, letter_id))
@@ -60,7 +80,7 @@ def show(letter_id: str) -> None:
 
 
 @app.command("replay")
-def replay(letter_id: str) -> None:
+def replay(letter_id: LetterId) -> None:
     """Run the task again as a new job with the same arguments."""
     with session_scope() as session:
         job = jobs.replay(session, _get(session, letter_id))
@@ -68,18 +88,22 @@ def replay(letter_id: str) -> None:
 
 
 @app.command("delete")
-def delete(letter_id: str) -> None:
+def delete(letter_id: LetterId) -> None:
     """Delete one dead letter."""
     with session_scope() as session:
-        dead_letters.delete_letter(session, _get(session, letter_id))
-    console.print(f"deleted {letter_id}")
+        letter = _get(session, letter_id)
+        full_id = letter.id
+        dead_letters.delete_letter(session, letter)
+    console.print(f"deleted {full_id}")
 
 
 @app.command("purge")
 def purge(
     older_than: Annotated[
         float | None,
-        typer.Option(help="Days; default CONVEYOR_DEAD_LETTER_RETENTION_DAYS.", min=0),
+        typer.Option(
+            metavar="DAYS", help="Days; default CONVEYOR_DEAD_LETTER_RETENTION_DAYS.", min=0
+        ),
     ] = None,
 ) -> None:
     """Delete dead letters older than N days, in batches."""

@@ -11,23 +11,30 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from conveyor.cli.render import make_console, progress, state, when
+from conveyor.cli.system import ledger_session, require_broker
 from conveyor.core import jobs, ledger
-from conveyor.core.db import session_scope
 from conveyor.core.models import TERMINAL_STATES, JobState
 
 app = typer.Typer(help="Jobs in the ledger.", no_args_is_help=True)
 console = make_console()
+JobId = Annotated[str, typer.Argument(metavar="JOB_ID", help="The job's id.")]
 
 
 @app.command("list")
 def list_jobs(
-    state_filter: Annotated[JobState | None, typer.Option("--state")] = None,
-    queue: Annotated[str | None, typer.Option()] = None,
-    owner: Annotated[str | None, typer.Option()] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    state_filter: Annotated[
+        JobState | None, typer.Option("--state", help="Only jobs in this state.")
+    ] = None,
+    queue: Annotated[str | None, typer.Option(metavar="QUEUE", help="Only this queue.")] = None,
+    owner: Annotated[
+        str | None, typer.Option(metavar="OWNER", help="Only this owner's jobs.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="How many to show.")
+    ] = 20,
 ) -> None:
     """Newest jobs first."""
-    with session_scope() as session:
+    with ledger_session() as session:
         rows, _ = ledger.list_jobs(
             session, owner=owner, state=state_filter, queue=queue, limit=limit
         )
@@ -47,7 +54,7 @@ def list_jobs(
 
 
 def _load(job_id: str) -> dict[str, object]:
-    with session_scope() as session:
+    with ledger_session() as session:
         job = ledger.get_job(session, job_id)
         if job is None:
             console.print(f"[red]no job {job_id}[/red]")
@@ -56,15 +63,16 @@ def _load(job_id: str) -> dict[str, object]:
 
 
 @app.command("show")
-def show(job_id: str) -> None:
+def show(job_id: JobId) -> None:
     """Everything the ledger knows about a job, as JSON."""
     console.print_json(json.dumps(_load(job_id), default=str))
 
 
 @app.command("cancel")
-def cancel(job_id: str) -> None:
+def cancel(job_id: JobId) -> None:
     """Cancel a queued or running job."""
-    with session_scope() as session:
+    require_broker()
+    with ledger_session() as session:
         job = ledger.get_job(session, job_id)
         if job is None:
             console.print(f"[red]no job {job_id}[/red]")
@@ -77,8 +85,10 @@ def cancel(job_id: str) -> None:
 
 @app.command("watch")
 def watch(
-    job_id: str,
-    interval: Annotated[float, typer.Option(help="Seconds between looks.")] = 0.5,
+    job_id: JobId,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between looks.")
+    ] = 0.5,
 ) -> None:
     """A live progress bar until the job finishes; exits non-zero unless it succeeded."""
     snapshot = _load(job_id)

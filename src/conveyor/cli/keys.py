@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from conveyor.cli.render import make_console, when
+from conveyor.cli.system import ledger_session
 from conveyor.core import api_keys
-from conveyor.core.db import session_scope
 
 app = typer.Typer(help="API keys.", no_args_is_help=True)
 console = make_console()
@@ -17,12 +17,16 @@ console = make_console()
 
 @app.command("create")
 def create(
-    name: Annotated[str, typer.Argument(help="A name for the key, e.g. the client using it.")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="A name for the key, e.g. the client using it.")
+    ],
     admin: Annotated[bool, typer.Option("--admin", help="See every owner's jobs.")] = False,
-    owner: Annotated[str | None, typer.Option(help="Owner of what the key creates.")] = None,
+    owner: Annotated[
+        str | None, typer.Option(metavar="OWNER", help="Owner of what the key creates.")
+    ] = None,
 ) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
-    with session_scope() as session:
+    with ledger_session() as session:
         new = api_keys.create_key(session, name, owner=owner, admin=admin)
         record = new.record
         console.print(
@@ -37,7 +41,7 @@ def create(
 def list_keys() -> None:
     """List keys (never the secrets)."""
     table = Table("id", "name", "owner", "prefix", "admin", "created", "last used", "revoked")
-    with session_scope() as session:
+    with ledger_session() as session:
         for key in api_keys.list_keys(session):
             table.add_row(
                 key.id,
@@ -53,9 +57,11 @@ def list_keys() -> None:
 
 
 @app.command("revoke")
-def revoke(key: Annotated[str, typer.Argument(help="Key id or prefix.")]) -> None:
+def revoke(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Key id or prefix.")],
+) -> None:
     """Revoke a key; requests with it get 401 at once."""
-    with session_scope() as session:
+    with ledger_session() as session:
         record = api_keys.revoke(session, key)
         if record is None:
             console.print(f"[red]no key with id or prefix {key}[/red]")

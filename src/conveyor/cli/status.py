@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from conveyor.cli.render import make_console, state, when
+from conveyor.cli.system import describe, ledger_session, require_broker
 from conveyor.core import dead_letters, ledger
 from conveyor.core.celery_app import get_celery
-from conveyor.core.db import session_scope
 from conveyor.core.health import live_workers
 from conveyor.core.redis_client import get_redis
 from conveyor.core.settings import QUEUES, get_settings
@@ -19,6 +19,14 @@ console = make_console()
 def status() -> None:
     """Queue depths, live workers, jobs by state and the latest dead letters."""
     settings = get_settings()
+    with ledger_session() as session:
+        counts = ledger.count_by_state(session)
+        letters = dead_letters.list_letters(session, limit=10)
+    require_broker()
+    system = Table.grid(padding=(0, 2))
+    for label, value in describe(settings):
+        system.add_row(label, value)
+    console.print(system)
     queues = Table("queue", "waiting", title="Queues")
     if settings.broker.startswith(("redis://", "rediss://")):
         client = get_redis()
@@ -38,9 +46,6 @@ def status() -> None:
         workers.add_row("[red]no worker answered[/red]", "")
     console.print(workers)
 
-    with session_scope() as session:
-        counts = ledger.count_by_state(session)
-        letters = dead_letters.list_letters(session, limit=10)
     jobs_table = Table("state", "jobs", title="Jobs")
     for name, count in sorted(counts.items()):
         jobs_table.add_row(state(name), str(count))

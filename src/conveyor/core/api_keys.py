@@ -21,6 +21,11 @@ KEY_PREFIX = "cvk"
 PREFIX_CHARS = 12
 # A bootstrap key chosen by a person must still be hard to guess.
 MIN_SECRET_CHARS = 24
+KEY_FORMAT_HELP = (
+    f"must look like cvk_<{PREFIX_CHARS} hex digits>_<a secret of {MIN_SECRET_CHARS}+ characters>;"
+    " make one with: python3 -c \"import secrets; print('cvk_' + secrets.token_hex(6) + '_' +"
+    ' secrets.token_urlsafe(32))"'
+)
 
 
 @dataclass(frozen=True)

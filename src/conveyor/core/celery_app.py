@@ -22,7 +22,7 @@ TASK_MODULES = [
 ]
 
 _lock = threading.Lock()
-_app: Celery | None = None
+_modules_imported = False
 
 
 def queue_for(task_name: str) -> str:
@@ -125,11 +125,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def task_modules(settings: Settings) -> list[str]:
+    return [*TASK_MODULES, *settings.extra_task_modules]
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured now, from `settings`, made the current app."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    include = [*TASK_MODULES, *settings.extra_task_modules]
-    app = Celery("conveyor", include=include, set_as_current=True)
+    app = Celery("conveyor", include=task_modules(settings), set_as_current=True)
     app.conf.update(celery_config(settings))
     from conveyor.core import signals
 
@@ -137,13 +141,33 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def _lazy_config() -> dict[str, Any]:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return {**celery_config(settings), "include": task_modules(settings)}
+
+
+def _create_current_app() -> Celery:
+    # Made current at import, configured on first use: importing a task module (which imports
+    # this one) is enough for `.delay()` to reach Conveyor's broker, not Celery's default app,
+    # and settings are read only once something is sent.
+    app = Celery("conveyor", set_as_current=True)
+    app.add_defaults(_lazy_config)
+    from conveyor.core import signals
+
+    signals.install()
+    return app
+
+
+_app = _create_current_app()
+
+
 def get_celery() -> Celery:
     """The process-wide Celery app, with every Conveyor task registered."""
-    global _app
-    if _app is None:
+    global _modules_imported
+    if not _modules_imported:
         with _lock:
-            if _app is None:
-                app = create_celery_app()
-                app.loader.import_default_modules()
-                _app = app
+            if not _modules_imported:
+                _app.loader.import_default_modules()
+                _modules_imported = True
     return _app

@@ -10,13 +10,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from conveyor.core.ledger import MAX_TRACEBACK_CHARS, iso
 from conveyor.core.metrics import dead_letters_total
 from conveyor.core.models import DeadLetter, Job, utcnow
 from conveyor.core.redaction import redact
+
+# The shortest id prefix the CLI accepts for a dead letter.
+MIN_PREFIX_CHARS = 4
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,33 @@ def get(session: Session, letter_id: str, owner: str | None = None) -> DeadLette
     if letter is None or (owner is not None and letter.owner != owner):
         return None
     return letter
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """What an id or id prefix names: `letter` when exactly one, else `count` of them."""
+
+    letter: DeadLetter | None
+    count: int
+
+
+def find_by_prefix(session: Session, id_or_prefix: str, owner: str | None = None) -> PrefixMatch:
+    """The dead letter whose id is, or starts with, `id_or_prefix` (at least
+    MIN_PREFIX_CHARS characters for a prefix, so a slip of the finger never picks one)."""
+    exact = get(session, id_or_prefix, owner)
+    if exact is not None:
+        return PrefixMatch(exact, 1)
+    if len(id_or_prefix) < MIN_PREFIX_CHARS:
+        return PrefixMatch(None, 0)
+    # Not LIKE: SQLite's ignores case, and `%` or `_` in the input would be wildcards.
+    where = [func.substr(DeadLetter.id, 1, len(id_or_prefix)) == id_or_prefix]
+    if owner is not None:
+        where.append(DeadLetter.owner == owner)
+    first_two = list(session.scalars(select(DeadLetter).where(*where).limit(2)))
+    if len(first_two) < 2:
+        return PrefixMatch(first_two[0] if first_two else None, len(first_two))
+    count = session.scalar(select(func.count()).select_from(DeadLetter).where(*where))
+    return PrefixMatch(None, int(count or 0))
 
 
 def list_letters(

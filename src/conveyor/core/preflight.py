@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import redis
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from conveyor.core import db
+from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, SettingsError, get_settings
 
 
@@ -27,7 +32,7 @@ def require_database(settings: Settings | None = None) -> None:
         raise SettingsError(f"cannot create the SQLite database: {_first_line(exc)}") from None
     except OperationalError as exc:
         raise SettingsError(
-            f"cannot connect to the database ({_safe_url(settings.database)}): "
+            f"cannot connect to the database ({safe_url(settings.database)}): "
             f"{_first_line(exc.orig or exc)}"
         ) from None
 
@@ -42,15 +47,30 @@ def require_redis(settings: Settings | None = None) -> None:
         raise SettingsError(f"CONVEYOR_REDIS_URL is not a usable URL: {exc}") from None
     except redis.RedisError as exc:
         raise SettingsError(
-            f"cannot reach Redis at {_safe_url(settings.redis)}: {_first_line(exc)}"
+            f"cannot reach Redis at {safe_url(settings.redis)}: {_first_line(exc)}"
         ) from None
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, has_password, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+def require_task_modules(settings: Settings | None = None) -> None:
+    """Each module of CONVEYOR_TASK_MODULES importable from the working directory, as the
+    worker will import it; a typo otherwise surfaces as pages of Celery tracebacks."""
+    settings = settings or get_settings()
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        for name in settings.extra_task_modules:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise SettingsError(
+                    f"CONVEYOR_TASK_MODULES: no module {name!r} importable from {cwd}; check "
+                    "the spelling, and run from the folder that holds it or add that folder "
+                    "to PYTHONPATH"
+                )
+    finally:
+        if added:
+            sys.path.remove(cwd)

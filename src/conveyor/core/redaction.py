@@ -43,3 +43,13 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
     if isinstance(value, bool | int | float) or value is None:
         return value
     return redact(repr(value), _depth=_depth + 1)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for banners, messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"

@@ -6,10 +6,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+from conveyor.core import runtime
+from conveyor.core.runtime import Runtime
+
 WORKLOAD_QUEUES = ("email", "images", "payments", "reports", "scraping")
 QUEUES = (*WORKLOAD_QUEUES, "webhooks", "default")
 
@@ -26,71 +35,171 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    # Where Conveyor keeps local state (embedded Redis data, SQLite file, Beat schedule).
-    data_dir: Path = Path(".conveyor")
+    data_dir: Path = Field(
+        default=Path(".conveyor"),
+        description="Local state: SQLite ledger, embedded Redis, Beat schedule, runtime file.",
+    )
 
     redis_url: str | None = Field(
-        default=None, description="Redis for hot state; unset means local Redis (or embedded)."
+        default=None,
+        description="Redis for progress and cancel flags; unset: that of a running `conveyor up`.",
     )
-    broker_url: str | None = Field(default=None, description="Defaults to the Redis URL.")
-    result_backend_url: str | None = Field(default=None, description="Defaults to the Redis URL.")
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (amqp:// for RabbitMQ works too); unset: the Redis URL.",
+    )
+    result_backend_url: str | None = Field(
+        default=None, description="Celery results (chords need them); unset: the Redis URL."
+    )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; unset means SQLite under data_dir."
+        default=None,
+        description="Ledger URL, sqlite:/// or postgresql://; unset: `up`'s or SQLite in data_dir.",
     )
 
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    # Largest request body the API reads; larger ones get a 413 before any parsing.
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    bootstrap_api_key: SecretStr | None = None
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body the API reads; larger ones get 413 before any parsing.",
+    )
+    bootstrap_api_key: SecretStr | None = Field(
+        default=None,
+        description="An admin API key that `up` and `api` create if it does not exist yet.",
+    )
 
-    # Time limits apply to every task unless the task sets its own.
-    task_soft_time_limit: int = Field(default=300, ge=1)
-    task_time_limit: int = Field(default=360, ge=1)
-    # Redis redelivers unacknowledged messages after this; it must exceed any task's run time.
-    visibility_timeout: int = Field(default=3900, ge=1)
-    # How often a worker looks for messages whose visibility timeout ran out (seconds).
-    unacked_restore_interval: int = Field(default=60, ge=1)
-    result_expires: int = Field(default=86_400, ge=60)
-    worker_concurrency: int | None = Field(default=None, ge=1)
-    worker_prefetch_multiplier: int = Field(default=1, ge=1)
-    # Celery task events (Flower, `celery events`). Off by default: they cost about half a
-    # worker's throughput on short tasks. Flower switches them on in running workers itself.
-    task_events: bool = False
+    task_soft_time_limit: int = Field(
+        default=300,
+        ge=1,
+        description="Seconds until SoftTimeLimitExceeded lets a task clean up; tasks may override.",
+    )
+    task_time_limit: int = Field(
+        default=360,
+        ge=1,
+        description="Seconds until a task's process is killed; tasks may override.",
+    )
+    visibility_timeout: int = Field(
+        default=3900,
+        ge=1,
+        description="Seconds until Redis redelivers an unacked message; above any task's run time.",
+    )
+    unacked_restore_interval: int = Field(
+        default=60,
+        ge=1,
+        description="Seconds between a worker's sweeps for messages a dead worker held.",
+    )
+    result_expires: int = Field(
+        default=86_400,
+        ge=60,
+        description="Seconds Celery results stay in the backend; the ledger keeps the record.",
+    )
+    worker_concurrency: int | None = Field(
+        default=None, ge=1, description="Prefork processes per worker; unset: the CPU count."
+    )
+    worker_prefetch_multiplier: int = Field(
+        default=1,
+        ge=1,
+        description="Messages a worker process reserves ahead; 1: no job waits behind a busy one.",
+    )
+    # Off by default: they cost about half a worker's throughput on short tasks, and
+    # Flower switches them on in running workers itself.
+    task_events: bool = Field(
+        default=False,
+        description="Send Celery task events (Flower, `celery events`) from the start.",
+    )
     # High: recycling stalls a pool process for a moment; the memory cap catches real leaks.
-    worker_max_tasks_per_child: int = Field(default=10_000, ge=1)
-    worker_max_memory_per_child_kib: int = Field(default=512_000, ge=10_000)
+    worker_max_tasks_per_child: int = Field(
+        default=10_000, ge=1, description="Tasks after which a worker process is replaced."
+    )
+    worker_max_memory_per_child_kib: int = Field(
+        default=512_000,
+        ge=10_000,
+        description="Memory (KiB) above which a worker process is replaced after its task.",
+    )
 
-    retry_max_attempts: int = Field(default=5, ge=0, description="Retries after the first try.")
-    retry_backoff_base: float = Field(default=2.0, gt=0)
-    retry_backoff_max: float = Field(default=600.0, gt=0)
+    retry_max_attempts: int = Field(
+        default=5, ge=0, description="Retries after the first try; tasks may override."
+    )
+    retry_backoff_base: float = Field(
+        default=2.0,
+        gt=0,
+        description="Base of the exponential wait between retries (seconds); tasks may override.",
+    )
+    retry_backoff_max: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest wait between retries (seconds); must be below the visibility timeout.",
+    )
 
-    db_pool_size: int = Field(default=5, ge=1)
-    db_pool_recycle: int = Field(default=1800, ge=30)
+    db_pool_size: int = Field(
+        default=5, ge=1, description="Database connections each process keeps open."
+    )
+    db_pool_recycle: int = Field(
+        default=1800,
+        ge=30,
+        description="Seconds after which a pooled database connection is replaced.",
+    )
 
-    dead_letter_retention_days: int = Field(default=30, ge=1)
-    # Finished jobs (succeeded, cancelled) are pruned from the ledger after this.
-    job_retention_days: int = Field(default=14, ge=1)
-    webhook_delivery_retention_days: int = Field(default=14, ge=1)
-    # Rows deleted per statement by cleanup: small batches never hold a lock for long.
-    cleanup_batch_size: int = Field(default=1000, ge=10, le=100_000)
+    dead_letter_retention_days: int = Field(
+        default=30, ge=1, description="Cleanup deletes dead letters older than this (days)."
+    )
+    job_retention_days: int = Field(
+        default=14,
+        ge=1,
+        description="Cleanup deletes succeeded, failed and cancelled jobs older than this (days).",
+    )
+    webhook_delivery_retention_days: int = Field(
+        default=14,
+        ge=1,
+        description="Cleanup deletes finished webhook deliveries older than this (days).",
+    )
+    cleanup_batch_size: int = Field(
+        default=1000,
+        ge=10,
+        le=100_000,
+        description="Rows cleanup deletes per statement; small batches never hold a lock for long.",
+    )
 
-    # Idempotency-Key records are kept this long (DESIGN: 24 h).
-    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
-    # Requests per minute per API key; 0 turns the limit off.
-    api_rate_limit_per_minute: int = Field(default=600, ge=0)
+    # DESIGN: 24 h.
+    idempotency_ttl_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        description="Seconds an Idempotency-Key and its response are remembered.",
+    )
+    api_rate_limit_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Requests per minute per API key (429 with Retry-After beyond); 0 = off.",
+    )
 
-    # Outgoing HTTP (webhooks, fetching): private, loopback and metadata addresses are refused.
-    allow_private_networks: bool = False
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    # Consecutive failed attempts after which an endpoint is disabled.
-    webhook_disable_after_failures: int = Field(default=50, ge=1)
+    allow_private_networks: bool = Field(
+        default=False,
+        description="Let webhooks and image fetches reach private addresses (not cloud metadata).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Seconds a webhook delivery waits for the endpoint's answer.",
+    )
+    webhook_disable_after_failures: int = Field(
+        default=50,
+        ge=1,
+        description="Consecutive failed deliveries after which an endpoint is disabled.",
+    )
 
     # webhooks
-    # Seconds to wait before each retry of a failed delivery (about a day in all, like Svix).
-    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
-    # How often Beat publishes due deliveries (retries too long to wait in a worker).
-    webhook_dispatch_interval_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # About a day in all, like Svix.
+    webhook_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,36000",
+        description="Seconds before each retry of a failed delivery, comma-separated.",
+    )
+    webhook_dispatch_interval_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between Beat's runs publishing due delivery retries.",
+    )
 
     @field_validator("webhook_retry_schedule")
     @classmethod
@@ -110,69 +219,157 @@ class Settings(BaseSettings):
 
     # end webhooks
 
-    # Raise a queue.wait_exceeded event when a job waited longer than this (seconds; 0 = off).
-    queue_wait_threshold_seconds: float = Field(default=0.0, ge=0)
-    # Where prefork worker processes share Prometheus metrics; default: data_dir/metrics.
-    metrics_dir: Path | None = None
-    # A worker's own /metrics endpoint (every pool process of its machine); 0 = off.
-    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    queue_wait_threshold_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Log queue.wait_exceeded when a job waited longer (seconds); 0 = off.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Where prefork processes share Prometheus metrics; unset: data_dir/metrics.",
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's own /metrics (every pool process of its machine); 0 = off.",
+    )
 
     # storage
-    # Files (attachments, uploads, image variants): "local" keeps them under storage_dir,
-    # "s3" in an S3 bucket (AWS or any S3-compatible server: MinIO, Ceph, R2...).
-    storage_backend: Literal["local", "s3"] = "local"
-    storage_dir: Path | None = Field(default=None, description="Default: data_dir/files.")
-    s3_bucket: str | None = None
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = Field(default=None, description="Unset means AWS itself.")
-    s3_region: str | None = None
-    # Unset: boto3 finds credentials itself (environment, instance role, ~/.aws).
-    s3_access_key_id: SecretStr | None = None
-    s3_secret_access_key: SecretStr | None = None
-    # Base URL the objects are public under (a CDN); unset means presigned GET URLs.
-    s3_public_url: str | None = None
-    s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where files (attachments, uploads, image variants) live: local or s3.",
+    )
+    storage_dir: Path | None = Field(
+        default=None, description="Directory of the local backend; unset: data_dir/files."
+    )
+    s3_bucket: str | None = Field(default=None, description="Bucket of the s3 backend.")
+    s3_prefix: str = Field(default="", description="Prefix of every object key in the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible server (MinIO, Ceph, R2...); unset: AWS itself."
+    )
+    s3_region: str | None = Field(
+        default=None, description="Region of the bucket; unset: boto3's default."
+    )
+    s3_access_key_id: SecretStr | None = Field(
+        default=None,
+        description="S3 access key id; unset: boto3 finds credentials (env, role, ~/.aws).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret access key; unset: boto3 finds credentials itself."
+    )
+    s3_public_url: str | None = Field(
+        default=None,
+        description="Base URL the objects are public under (a CDN); unset: presigned GET URLs.",
+    )
+    s3_presign_seconds: int = Field(
+        default=3600, ge=60, le=7 * 86_400, description="Seconds a presigned GET URL stays valid."
+    )
     # end storage
 
     # email
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = Field(default=1025, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_use_tls: bool = False
-    # Largest body POST /api/v1/emails/batch accepts (10,000 recipients with their context).
-    email_batch_max_body_bytes: int = Field(default=16 * 1_048_576, ge=1024)
-    # Implicit TLS (port 465); smtp_use_tls is STARTTLS on a plain connection (587).
-    smtp_use_ssl: bool = False
-    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
-    # A kept-open connection idle longer than this is checked with NOOP before reuse.
-    smtp_noop_after_seconds: float = Field(default=5.0, ge=0)
-    email_from: str = "Conveyor <noreply@localhost>"
-    # The right-hand side of every Message-ID (<uuid@domain>).
-    email_message_id_domain: str = "conveyor.localhost"
-    # Your templates; looked up before the built-in ones (welcome, layouts, partials).
-    email_templates_dir: Path | None = None
-    # Rate limits in messages per second (0 = off), held across every worker by Redis.
-    email_rate_per_second: float = Field(default=0.0, ge=0)
-    email_domain_rate_per_second: float = Field(default=0.0, ge=0)
-    # Per-domain overrides of the above: "gmail.com=20,yahoo.com=5".
-    email_domain_rates: str = ""
-    email_owner_rate_per_second: float = Field(default=0.0, ge=0)
-    email_max_recipients: int = Field(default=50, ge=1, le=1000)
-    email_batch_max_recipients: int = Field(default=10_000, ge=1, le=100_000)
-    # Recipients per chunk task of a batch.
-    email_batch_chunk_size: int = Field(default=100, ge=1, le=1000)
-    email_max_attachments_bytes: int = Field(default=10 * 1_048_576, ge=1024)
-    file_max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
-    # List-Unsubscribe on bulk mail: a URL ({email} is replaced) and/or a mailto address.
-    email_unsubscribe_url: str | None = None
-    email_unsubscribe_mailto: str | None = None
-    # Sends further ahead than this are stored and published by Beat when due (seconds).
-    email_schedule_countdown_max: float = Field(default=60.0, ge=0)
-    email_dispatch_interval_seconds: float = Field(default=15.0, ge=1, le=3600)
-    # The local mail sink (`conveyor up`): GET /api/v1/dev/mailbox works only when true.
-    mail_sink: bool = False
-    mail_sink_max_messages: int = Field(default=1000, ge=10)
+    smtp_host: str = Field(
+        default="127.0.0.1",
+        description="SMTP server for email; `up` starts a local mail sink unless this is set.",
+    )
+    smtp_port: int = Field(default=1025, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_username: str | None = Field(
+        default=None, description="SMTP login; unset: no authentication."
+    )
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_use_tls: bool = Field(
+        default=False, description="STARTTLS on a plain connection (port 587)."
+    )
+    email_batch_max_body_bytes: int = Field(
+        default=16 * 1_048_576,
+        ge=1024,
+        description="Largest body of POST /api/v1/emails/batch (10,000 recipients with context).",
+    )
+    smtp_use_ssl: bool = Field(
+        default=False, description="Implicit TLS (port 465); smtp_use_tls is STARTTLS instead."
+    )
+    smtp_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=300, description="Seconds to wait for the SMTP server."
+    )
+    smtp_noop_after_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A kept SMTP connection idle longer than this gets a NOOP check before reuse.",
+    )
+    email_from: str = Field(
+        default="Conveyor <noreply@localhost>",
+        description="Sender of emails whose request names none.",
+    )
+    email_message_id_domain: str = Field(
+        default="conveyor.localhost",
+        description="The right-hand side of every Message-ID (<uuid@domain>).",
+    )
+    email_templates_dir: Path | None = Field(
+        default=None,
+        description="Your templates, found before the built-in ones (welcome, layouts, partials).",
+    )
+    email_rate_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="Messages per second in all, held across every worker by Redis; 0 = off.",
+    )
+    email_domain_rate_per_second: float = Field(
+        default=0.0, ge=0, description="Messages per second to each recipient domain; 0 = off."
+    )
+    email_domain_rates: str = Field(
+        default="", description="Per-domain overrides of the domain rate: gmail.com=20,yahoo.com=5."
+    )
+    email_owner_rate_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="Messages per second for each owner (API key owner); 0 = off.",
+    )
+    email_max_recipients: int = Field(
+        default=50,
+        ge=1,
+        le=1000,
+        description="Most recipients of one email, to, cc and bcc together.",
+    )
+    email_batch_max_recipients: int = Field(
+        default=10_000, ge=1, le=100_000, description="Most recipients of one batch."
+    )
+    email_batch_chunk_size: int = Field(
+        default=100, ge=1, le=1000, description="Recipients per chunk task of a batch."
+    )
+    email_max_attachments_bytes: int = Field(
+        default=10 * 1_048_576,
+        ge=1024,
+        description="Largest total size of one email's attachments.",
+    )
+    file_max_upload_bytes: int = Field(
+        default=10 * 1_048_576, ge=1024, description="Largest file POST /api/v1/files accepts."
+    )
+    email_unsubscribe_url: str | None = Field(
+        default=None,
+        description="Bulk mail's List-Unsubscribe URL ({email} is replaced); a batch may override.",
+    )
+    email_unsubscribe_mailto: str | None = Field(
+        default=None,
+        description="Bulk mail's List-Unsubscribe mailto; no URL either: unsubscribe@<domain>.",
+    )
+    email_schedule_countdown_max: float = Field(
+        default=60.0,
+        ge=0,
+        description="Sends further ahead (seconds) are stored and published by Beat when due.",
+    )
+    email_dispatch_interval_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        le=3600,
+        description="Seconds between Beat's runs publishing scheduled emails that are due.",
+    )
+    mail_sink: bool = Field(
+        default=False,
+        description="Serve the mail sink's messages at GET /api/v1/dev/mailbox (`up` sets this).",
+    )
+    mail_sink_max_messages: int = Field(
+        default=1000, ge=10, description="Messages the local mail sink keeps; the oldest go first."
+    )
 
     @field_validator("email_domain_rates")
     @classmethod
@@ -195,56 +392,139 @@ class Settings(BaseSettings):
     # end email
 
     # payments
-    # Which gateway moves the money: the local sandbox (`conveyor up` starts it) or Stripe.
-    payments_gateway: Literal["sandbox", "stripe"] = "sandbox"
+    payments_gateway: Literal["sandbox", "stripe"] = Field(
+        default="sandbox",
+        description="Which gateway moves the money: sandbox (local, `up` starts it) or stripe.",
+    )
     # Operator configuration, like the database URL: loopback is fine here.
-    payments_gateway_url: str = "http://127.0.0.1:8010"
-    # A charge unanswered after this is asked about by status check, never sent blind again.
-    payments_gateway_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    # Shared with the gateway: signs the events it posts to /api/v1/payments/gateway-events.
-    payments_gateway_webhook_secret: SecretStr | None = None
-    stripe_api_key: SecretStr | None = None
-    # Only for pointing the Stripe client somewhere else (a recording server in tests).
-    stripe_api_base: str | None = None
-    # Retries of a charge or refund the gateway did not answer; then `requires_review`.
-    payments_retry_max: int = Field(default=8, ge=0, le=50)
-    payments_backoff_max_seconds: float = Field(default=60.0, gt=0)
-    # Beat looks for payments stuck in `processing` this often, older than the threshold.
-    payments_reconcile_interval_seconds: float = Field(default=60.0, ge=1, le=86_400)
-    payments_stuck_after_seconds: float = Field(default=900.0, ge=1)
-    # The sandbox gateway's own settings (`conveyor sandbox-gateway`, started by `up`).
-    sandbox_gateway_host: str = "127.0.0.1"
-    sandbox_gateway_port: int = Field(default=8010, ge=1, le=65535)
-    sandbox_latency_ms: float = Field(default=0.0, ge=0, le=60_000)
-    # Share of requests answered 5xx: half before the charge is recorded, half after.
-    sandbox_error_rate: float = Field(default=0.0, ge=0, le=1)
-    # How late the "times out" test card answers (after charging): longer than the client waits.
-    sandbox_slow_seconds: float = Field(default=15.0, ge=0, le=600)
-    # Where the sandbox posts its signed events; unset: it posts none.
-    sandbox_webhook_url: str | None = None
+    payments_gateway_url: str = Field(
+        default="http://127.0.0.1:8010", description="URL of the sandbox gateway."
+    )
+    payments_gateway_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Seconds a gateway call waits; an unanswered charge is checked, never resent.",
+    )
+    payments_gateway_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared with the gateway: signs its events to /api/v1/payments/gateway-events.",
+    )
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe secret key; needed when the gateway is stripe."
+    )
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Another Stripe API address (a recording server in tests); unset: Stripe.",
+    )
+    payments_retry_max: int = Field(
+        default=8,
+        ge=0,
+        le=50,
+        description="Retries of an unanswered charge or refund before it goes to requires_review.",
+    )
+    payments_backoff_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait between payment retries (seconds), within retry_backoff_max.",
+    )
+    payments_reconcile_interval_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between Beat's sweeps for stuck payments and refunds.",
+    )
+    payments_stuck_after_seconds: float = Field(
+        default=900.0,
+        ge=1,
+        description="Seconds in processing (or unstarted) after which the sweep settles a payment.",
+    )
+    sandbox_gateway_host: str = Field(
+        default="127.0.0.1",
+        description="Address the sandbox gateway (`conveyor sandbox-gateway`) listens on.",
+    )
+    sandbox_gateway_port: int = Field(
+        default=8010, ge=1, le=65535, description="Port the sandbox gateway listens on."
+    )
+    sandbox_latency_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=60_000,
+        description="Milliseconds the sandbox gateway waits before each answer.",
+    )
+    sandbox_error_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of sandbox answers that are 5xx: half before charging, half after.",
+    )
+    # Longer than the client waits (payments_gateway_timeout_seconds).
+    sandbox_slow_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        le=600,
+        description="How late the sandbox's times-out test card answers (after charging).",
+    )
+    sandbox_webhook_url: str | None = Field(
+        default=None, description="Where the sandbox posts its signed events; unset: it posts none."
+    )
     # end payments
 
     # images
-    # Largest image upload (the multipart body may exceed it by a few headers).
-    image_max_upload_bytes: int = Field(default=20 * 1_048_576, ge=1024)
+    image_max_upload_bytes: int = Field(
+        default=20 * 1_048_576,
+        ge=1024,
+        description="Largest image upload (the multipart body may exceed it by a few headers).",
+    )
     # Checked from the header, before any pixel is decoded (decompression bombs).
-    image_max_width: int = Field(default=12_000, ge=16)
-    image_max_height: int = Field(default=12_000, ge=16)
-    image_max_pixels: int = Field(default=50_000_000, ge=256)
-    # Presets as JSON, {"name": {"variants": [...], "formats": [...], ...}}; unset: built-in.
-    image_presets: str = ""
-    image_jpeg_quality: int = Field(default=82, ge=1, le=100)
-    image_webp_quality: int = Field(default=80, ge=1, le=100)
-    image_webp_effort: int = Field(default=2, ge=0, le=6)
-    image_avif_quality: int = Field(default=50, ge=1, le=100)
+    image_max_width: int = Field(
+        default=12_000, ge=16, description="Widest image accepted (pixels)."
+    )
+    image_max_height: int = Field(
+        default=12_000, ge=16, description="Tallest image accepted (pixels)."
+    )
+    image_max_pixels: int = Field(
+        default=50_000_000,
+        ge=256,
+        description="Most pixels (width times height) of an image accepted.",
+    )
+    image_presets: str = Field(
+        default="",
+        description='Presets as JSON {"name": {"variants": [...], ...}}; unset: the built-in ones.',
+    )
+    image_jpeg_quality: int = Field(default=82, ge=1, le=100, description="JPEG quality, 1 to 100.")
+    image_webp_quality: int = Field(default=80, ge=1, le=100, description="WebP quality, 1 to 100.")
+    image_webp_effort: int = Field(
+        default=2,
+        ge=0,
+        le=6,
+        description="WebP encoding effort, 0 to 6: higher is slower and smaller.",
+    )
+    image_avif_quality: int = Field(default=50, ge=1, le=100, description="AVIF quality, 1 to 100.")
     # AV1 encoding is the slowest step by far: effort 0 encodes a 1600 px image about 6x
     # faster than 2 for files about 7% larger (docs/images.md has the figures).
-    image_avif_effort: int = Field(default=0, ge=0, le=9)
-    image_fetch_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
-    # Threads libvips uses per worker process; 1 lets processes, not threads, share cores.
-    image_vips_concurrency: int = Field(default=1, ge=1, le=64)
-    # Fewer malloc arenas and mmap for large blocks in processes that make images (glibc).
-    image_tune_malloc: bool = True
+    image_avif_effort: int = Field(
+        default=0,
+        ge=0,
+        le=9,
+        description="AVIF encoding effort, 0 to 9: higher is slower and smaller.",
+    )
+    image_fetch_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=300,
+        description="Seconds to fetch an image given by URL instead of uploaded.",
+    )
+    image_vips_concurrency: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="libvips threads per process; 1 lets processes, not threads, share the cores.",
+    )
+    image_tune_malloc: bool = Field(
+        default=True,
+        description="Fewer malloc arenas, mmap for large blocks, where images are made (glibc).",
+    )
 
     @field_validator("image_presets")
     @classmethod
@@ -256,11 +536,16 @@ class Settings(BaseSettings):
 
     # end images
 
-    # Your own task modules for workers to load, comma-separated: "myapp.tasks,billing.jobs".
-    task_modules: str = ""
+    task_modules: str = Field(
+        default="",
+        description="Task modules for workers to load, comma-separated: myapp.tasks,billing.jobs.",
+    )
 
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_json: bool = Field(
+        default=True,
+        description="One JSON object per log line; false: lines for people (`up` sets false).",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -282,6 +567,15 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
             raise ValueError("must be a redis://, rediss:// or amqp:// URL")
+        return value
+
+    @field_validator("bootstrap_api_key")
+    @classmethod
+    def _key_format(cls, value: SecretStr | None) -> SecretStr | None:
+        from conveyor.core.api_keys import KEY_FORMAT_HELP, split_key
+
+        if value is not None and split_key(value.get_secret_value()) is None:
+            raise ValueError(KEY_FORMAT_HELP)
         return value
 
     @field_validator("log_level")
@@ -315,9 +609,35 @@ class Settings(BaseSettings):
     def extra_task_modules(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
 
+    # The running `conveyor up` whose runtime file supplied the URLs not set here, if any.
+    _runtime: Runtime | None = PrivateAttr(default=None)
+    _from_runtime: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._runtime
+
+    def nothing_running(self, setting: str) -> str:
+        where = self.data_dir.resolve()
+        return (
+            f"no Conveyor running here (nothing in {where}); start one with `./dev up` or "
+            f"`conveyor up`, or set {setting}"
+        )
+
+    def source_of(self, field: str) -> str:
+        """Where a setting's value came from, for messages that say which system is used."""
+        if field in self._from_runtime and self._runtime is not None:
+            return f"found from `conveyor up`, pid {self._runtime.pid}"
+        if field in self.model_fields_set:
+            return f"CONVEYOR_{field.upper()}"
+        return "default"
+
     @property
     def redis(self) -> str:
-        return self.redis_url or DEFAULT_REDIS_URL
+        if self.redis_url is None:
+            # Never a silent default: a guessed Redis is how jobs went where no worker looks.
+            raise SettingsError(self.nothing_running("CONVEYOR_REDIS_URL"))
+        return self.redis_url
 
     @property
     def broker(self) -> str:
@@ -350,9 +670,26 @@ def describe_validation_error(error: ValidationError) -> str:
 
 def load_settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         raise SettingsError(f"invalid configuration: {describe_validation_error(exc)}") from None
+    return with_runtime(settings)
+
+
+def with_runtime(settings: Settings) -> Settings:
+    """Fill the URLs not set by CONVEYOR_* from the `conveyor up` running in data_dir."""
+    found = runtime.read(settings.data_dir)
+    if found is None:
+        return settings
+    update = {}
+    if settings.redis_url is None:
+        update["redis_url"] = found.redis_url
+    if settings.database_url is None:
+        update["database_url"] = found.database_url
+    resolved = settings.model_copy(update=update)
+    resolved._runtime = found
+    resolved._from_runtime = frozenset(update)
+    return resolved
 
 
 @lru_cache(maxsize=1)

@@ -226,7 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-messages", type=int, default=settings.mail_sink_max_messages)
     args = parser.parse_args(argv)
     handler = SinkHandler(mailbox=Mailbox(args.dir, args.max_messages), keep_received=False)
-    controller = start_sink(handler, args.host, args.port)
+    try:
+        controller = start_sink(handler, args.host, args.port)
+    except OSError as exc:
+        # 1025 is also Mailpit's and MailHog's port: say which setting moves ours.
+        raise SystemExit(
+            f"conveyor: the mail sink cannot listen on {args.host}:{args.port} "
+            f"({exc.strerror or exc}); set CONVEYOR_SMTP_PORT to a free port, or "
+            "CONVEYOR_SMTP_HOST to use the server that listens there"
+        ) from None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -8,12 +8,25 @@ from conveyor.core.settings import get_settings
 def serve(host: str | None = None, port: int | None = None) -> None:
     import uvicorn
 
+    from conveyor.core.settings import SettingsError
+    from conveyor.local.ports import choose_port
+
     settings = get_settings()
+    host = host or settings.sandbox_gateway_host
+    try:
+        port = choose_port(
+            "CONVEYOR_SANDBOX_GATEWAY_PORT",
+            host,
+            port or settings.sandbox_gateway_port,
+            pinned=True,
+        )
+    except SettingsError as exc:
+        raise SystemExit(f"conveyor: {exc}") from None
     uvicorn.run(
         "conveyor.workloads.payments.sandbox.app:create_app",
         factory=True,
-        host=host or settings.sandbox_gateway_host,
-        port=port or settings.sandbox_gateway_port,
+        host=host,
+        port=port,
         log_level="warning",
         # One process: the sandbox keeps its charges in memory.
         workers=1,

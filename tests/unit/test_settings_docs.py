@@ -1,0 +1,77 @@
+"""Settings docs: every field described and grouped, docs/settings.md current, secrets masked."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conveyor.cli import app
+from conveyor.core import settings_docs
+from conveyor.core.settings import Settings, get_settings
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+
+
+def run_settings(*args: str) -> str:
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["settings", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_docs_match_the_settings() -> None:
+    assert DOCS.read_text(encoding="utf-8") == settings_docs.markdown(), (
+        "docs/settings.md is out of date: run "
+        "`.venv/bin/conveyor settings --markdown > docs/settings.md`"
+    )
+
+
+def test_markdown_option_prints_the_docs() -> None:
+    assert run_settings("--markdown") == settings_docs.markdown()
+
+
+def test_every_field_has_a_description() -> None:
+    fields = Settings.model_fields
+    assert [name for name, info in fields.items() if not (info.description or "").strip()] == []
+
+
+def test_every_field_is_in_exactly_one_group() -> None:
+    counts = Counter(name for fields in settings_docs.GROUPS.values() for name in fields)
+    assert {name for name, count in counts.items() if count > 1} == set()
+    assert set(counts) == set(Settings.model_fields)
+
+
+def test_pipes_are_escaped_in_markdown_cells() -> None:
+    assert settings_docs._cell("a|b", code=True) == "`a\\|b`"
+
+
+def test_secret_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_STRIPE_API_KEY", "sk_test_abc123")
+    output = run_settings()
+    assert "sk_test_abc123" not in output
+    assert settings_docs.MASKED in output
+
+
+def test_database_password_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_DATABASE_URL", "postgresql://app:hunter2@db/x")
+    output = run_settings()
+    assert "hunter2" not in output
+    assert "postgresql://app:***@db/x" in output
+
+
+def test_changed_lists_only_changed_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_API_PORT", "8123")
+    output = run_settings("--changed")
+    assert "CONVEYOR_API_PORT" in output
+    assert "8123" in output
+    assert "CONVEYOR_API_HOST" not in output
+
+
+def test_unset_and_path_defaults_are_shown_as_text() -> None:
+    docs = {doc.name: doc for doc in settings_docs.describe()}
+    assert docs["redis_url"].default == settings_docs.UNSET
+    assert docs["data_dir"].default == ".conveyor"
+    assert not any(doc.changed for doc in docs.values())
