@@ -143,7 +143,8 @@ def test_settings_come_from_prefixed_environment_variables(
     assert settings.log_json is False
     assert settings.max_body_bytes == 4096
     assert settings.bootstrap_api_key is not None
-    assert settings.bootstrap_api_key.get_secret_value() == "cvk_0123456789ab_topsecret-0123456789abcdefgh"
+    secret = settings.bootstrap_api_key.get_secret_value()
+    assert secret == "cvk_0123456789ab_topsecret-0123456789abcdefgh"
     assert "topsecret" not in repr(settings)
 
 
