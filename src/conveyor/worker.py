@@ -10,6 +10,8 @@ try:
     # Nothing configured and no `conveyor up` running here: one line, before Celery starts.
     _ = get_settings().broker
     require_task_modules()
+    # Beat keeps its schedule file there; a worker its metrics.
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
 except SettingsError as exc:
     # One line, not a traceback: Celery would otherwise print the import error in full.
     raise SystemExit(f"conveyor: {exc}") from None

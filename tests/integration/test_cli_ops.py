@@ -72,3 +72,25 @@ def test_dead_letter_commands_and_purge(stack: Stack, admin: httpx.Client) -> No
     assert purged.returncode == 0
     assert admin.get(f"/api/v1/dead-letters/{letter['id']}").status_code == 404
     assert admin.get("/api/v1/dead-letters").json()["items"] == []
+
+
+def test_delay_in_a_fresh_interpreter_reaches_conveyors_broker(stack: Stack) -> None:
+    """Importing a task module is enough: `.delay()` does not fall back to Celery's default
+    app (amqp://localhost) and its job is in the ledger and runs."""
+    script = (
+        "import celery\n"
+        "from conveyor.diagnostics.tasks import run_diagnostics\n"
+        "assert celery.current_app.main == 'conveyor', celery.current_app.main\n"
+        "print(run_diagnostics.delay(steps=1, step_seconds=0).id)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    job = stack.wait_job(result.stdout.strip(), {"succeeded"})
+    assert job["name"] == "conveyor.diagnostics.run"

@@ -151,3 +151,19 @@ def test_a_typo_in_task_modules_is_one_line(
         f"CONVEYOR_TASK_MODULES: no module 'biling.tasks' importable from {tmp_path}; check "
         "the spelling, and run from the folder that holds it or add that folder to PYTHONPATH"
     )
+
+
+def test_the_banner_never_shows_a_password(capsys: pytest.CaptureFixture[str]) -> None:
+    from conveyor.cli.up import Plan, _banner
+    from conveyor.core.settings import Settings
+
+    settings = Settings(
+        database_url="postgresql://app:hunter2@db/conveyor",
+        redis_url="redis://:hunter2@cache:6379/0",
+    )
+    runtime_of_up = a_runtime(DATA_DIR, redis_url=settings.redis, database_url=settings.database)
+    _banner(settings, runtime_of_up, Plan(api_port=8123, sink_port=1025, gateway_port=None), "x")
+    shown = capsys.readouterr().err
+    assert "Conveyor is up" in shown
+    assert "postgresql+psycopg://app:***@db/conveyor" in shown
+    assert "hunter2" not in shown

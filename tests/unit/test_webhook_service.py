@@ -196,6 +196,8 @@ def test_retry_schedule_setting() -> None:
 def test_workers_load_the_tasks_and_beat_runs_the_dispatcher() -> None:
     assert "conveyor.webhooks.tasks" in TASK_MODULES
     assert queue_for("conveyor.webhooks.deliver") == "webhooks"
-    entry = celery_config(Settings(redis_url="redis://127.0.0.1:6379/0"))["beat_schedule"]["webhooks-dispatch-due"]
+    entry = celery_config(Settings(redis_url="redis://127.0.0.1:6379/0"))["beat_schedule"][
+        "webhooks-dispatch-due"
+    ]
     assert entry["task"] == "conveyor.webhooks.dispatch_due"
     assert entry["schedule"] == timedelta(seconds=30)

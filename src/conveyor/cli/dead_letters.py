@@ -10,9 +10,9 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from conveyor.cli.render import make_console, when
+from conveyor.cli.system import ledger_session, require_broker
 from conveyor.core import dead_letters, jobs
 from conveyor.core.cleanup import prune_dead_letters
-from conveyor.core.db import session_scope
 from conveyor.core.models import DeadLetter
 from conveyor.core.settings import get_settings
 
@@ -31,7 +31,7 @@ def list_letters(
 ) -> None:
     """Newest first."""
     table = Table("id", "task", "reason", "error", "attempts", "failed", "replayed as")
-    with session_scope() as session:
+    with ledger_session() as session:
         for letter in dead_letters.list_letters(session, task_name=task, limit=limit):
             table.add_row(
                 letter.id,
@@ -71,7 +71,7 @@ def _get(session: Session, letter_id: str) -> DeadLetter:
 @app.command("show")
 def show(letter_id: LetterId) -> None:
     """The dead letter with its arguments (secrets masked) and traceback."""
-    with session_scope() as session:
+    with ledger_session() as session:
         data = dead_letters.to_dict(_get(session, letter_id))
     traceback = data["error"].pop("traceback")
     console.print_json(json.dumps(data, default=str))
@@ -82,7 +82,8 @@ def show(letter_id: LetterId) -> None:
 @app.command("replay")
 def replay(letter_id: LetterId) -> None:
     """Run the task again as a new job with the same arguments."""
-    with session_scope() as session:
+    require_broker()
+    with ledger_session() as session:
         job = jobs.replay(session, _get(session, letter_id))
     console.print(f"replayed as job {job.id}")
 
@@ -90,7 +91,7 @@ def replay(letter_id: LetterId) -> None:
 @app.command("delete")
 def delete(letter_id: LetterId) -> None:
     """Delete one dead letter."""
-    with session_scope() as session:
+    with ledger_session() as session:
         letter = _get(session, letter_id)
         full_id = letter.id
         dead_letters.delete_letter(session, letter)
@@ -109,6 +110,6 @@ def purge(
     """Delete dead letters older than N days, in batches."""
     settings = get_settings()
     days = settings.dead_letter_retention_days if older_than is None else older_than
-    with session_scope() as session:
+    with ledger_session() as session:
         removed = prune_dead_letters(session, days, settings.cleanup_batch_size)
     console.print(f"purged {removed} dead letters older than {days:g} days")

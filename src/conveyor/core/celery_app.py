@@ -132,7 +132,6 @@ def task_modules(settings: Settings) -> list[str]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured now, from `settings`, made the current app."""
     settings = settings or get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("conveyor", include=task_modules(settings), set_as_current=True)
     app.conf.update(celery_config(settings))
     from conveyor.core import signals
@@ -143,7 +142,6 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
 def _lazy_config() -> dict[str, Any]:
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     return {**celery_config(settings), "include": task_modules(settings)}
 
 
