@@ -145,3 +145,20 @@ def test_a_tasks_own_queue_wins_over_its_name() -> None:
 def test_a_task_without_a_queue_falls_back_to_its_name() -> None:
     task = SimpleNamespace(queue=None)
     assert route_task("conveyor.workloads.email.send", (), {}, {}, task=task) == {"queue": "email"}
+
+
+def test_configuration_is_read_again_after_settings_could_not_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from conveyor.core.celery_app import SettingsConfiguredCelery
+    from conveyor.core.settings import SettingsError, get_settings
+
+    app = SettingsConfiguredCelery("probe", set_as_current=False)
+    # Nothing configured: the error reaches the caller (pytest's collection, say, swallows it).
+    with pytest.raises(SettingsError, match="no Conveyor running here"):
+        _ = app.conf.broker_url
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://cache:6379/4")
+    get_settings.cache_clear()
+    assert app.conf.broker_url == "redis://cache:6379/4"
+    assert app.conf.task_acks_late is True
+    assert "conveyor.diagnostics.tasks" in app.conf.include

@@ -140,17 +140,27 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-def _lazy_config() -> dict[str, Any]:
-    settings = get_settings()
-    return {**celery_config(settings), "include": task_modules(settings)}
+class SettingsConfiguredCelery(Celery):
+    """A Celery app that reads Conveyor's settings when its configuration is first needed.
+
+    Settings are read before anything is changed, so when they cannot be (nothing configured
+    yet, a bad value) the error reaches the caller and the next use tries again, instead of
+    leaving an app configured without a broker.
+    """
+
+    def _load_config(self) -> Any:
+        settings = get_settings()
+        config = {**celery_config(settings), "include": task_modules(settings)}
+        conf = super()._load_config()  # type: ignore[misc]
+        conf.add_defaults(config)  # below anything set on the app explicitly
+        return conf
 
 
 def _create_current_app() -> Celery:
     # Made current at import, configured on first use: importing a task module (which imports
     # this one) is enough for `.delay()` to reach Conveyor's broker, not Celery's default app,
     # and settings are read only once something is sent.
-    app = Celery("conveyor", set_as_current=True)
-    app.add_defaults(_lazy_config)
+    app = SettingsConfiguredCelery("conveyor", set_as_current=True)
     from conveyor.core import signals
 
     signals.install()
