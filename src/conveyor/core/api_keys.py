@@ -2,6 +2,11 @@
 
 Keys carry 256 bits of randomness, so a fast hash is enough: there is nothing to guess
 that a slow password hash would protect.
+
+An owner is an identity, not a name: a new key gets an owner of its own (`own_<random>`,
+its name is only a label), and joins an existing owner only when that owner is named
+explicitly. Admin and non-admin keys never share an owner, since keys of one owner see the
+same jobs and replay the same idempotent responses.
 """
 
 from __future__ import annotations
@@ -28,10 +33,26 @@ KEY_FORMAT_HELP = (
 )
 
 
+OWNER_PREFIX = "own"
+# The bootstrap key's owner, as before owners were generated: existing data keeps working.
+BOOTSTRAP_OWNER = "admin"
+MAX_OWNER_CHARS = 120
+
+
+class OwnerConflict(ValueError):
+    """A key that would join an owner across the admin line; names the owner."""
+
+    def __init__(self, owner: str, message: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 @dataclass(frozen=True)
 class NewKey:
     record: ApiKey
     plaintext: str
+    # True when the key joined an owner that already had keys.
+    existing_owner: bool = False
 
 
 def hash_key(plaintext: str) -> str:
@@ -53,6 +74,31 @@ def generate_plaintext() -> str:
     return f"{KEY_PREFIX}_{secrets.token_hex(PREFIX_CHARS // 2)}_{secrets.token_urlsafe(32)}"
 
 
+def new_owner_id() -> str:
+    return f"{OWNER_PREFIX}_{secrets.token_hex(8)}"
+
+
+def owner_admin_flags(session: Session, owner: str) -> set[bool]:
+    """The admin flags of the owner's keys, revoked ones included: empty if it has none."""
+    flags = session.scalars(select(ApiKey.is_admin).where(ApiKey.owner == owner).distinct())
+    return {bool(flag) for flag in flags}
+
+
+def check_owner(session: Session, owner: str, *, admin: bool) -> bool:
+    """True if `owner` exists and may take this key, False if it is new; raises
+    OwnerConflict when the key would cross the admin line."""
+    flags = owner_admin_flags(session, owner)
+    if admin and False in flags:
+        raise OwnerConflict(
+            owner, f"owner {owner!r} has non-admin keys; an admin key may not join it"
+        )
+    if not admin and True in flags:
+        raise OwnerConflict(
+            owner, f"owner {owner!r} has admin keys; a non-admin key may not share it"
+        )
+    return bool(flags)
+
+
 def create_key(
     session: Session,
     name: str,
@@ -61,6 +107,15 @@ def create_key(
     admin: bool = False,
     plaintext: str | None = None,
 ) -> NewKey:
+    """A key with a new owner of its own, or, when `owner` is given, a key of that owner
+    (new or existing; OwnerConflict if it would cross the admin line)."""
+    if owner is not None:
+        owner = owner.strip()
+        if not owner or len(owner) > MAX_OWNER_CHARS:
+            raise ValueError(f"an owner must be 1 to {MAX_OWNER_CHARS} characters")
+        existing = check_owner(session, owner, admin=admin)
+    else:
+        owner, existing = new_owner_id(), False
     plaintext = plaintext or generate_plaintext()
     prefix = split_key(plaintext)
     if prefix is None:
@@ -72,7 +127,7 @@ def create_key(
     record = ApiKey(
         id=uuid.uuid4().hex,
         name=name,
-        owner=owner or name,
+        owner=owner,
         prefix=prefix,
         key_hash=hash_key(plaintext),
         is_admin=admin,
@@ -80,7 +135,7 @@ def create_key(
     )
     session.add(record)
     session.flush()
-    return NewKey(record=record, plaintext=plaintext)
+    return NewKey(record=record, plaintext=plaintext, existing_owner=existing)
 
 
 def ensure_key(session: Session, plaintext: str, *, name: str = "bootstrap") -> bool:
@@ -92,7 +147,11 @@ def ensure_key(session: Session, plaintext: str, *, name: str = "bootstrap") -> 
             if not hmac.compare_digest(existing.key_hash, hash_key(plaintext)):
                 raise ValueError("a different key with the same prefix already exists")
             return False
-    create_key(session, name, owner="admin", admin=True, plaintext=plaintext)
+    owner = BOOTSTRAP_OWNER
+    if False in owner_admin_flags(session, owner):
+        # Old data where a non-admin key took this owner's name: never join it.
+        owner = new_owner_id()
+    create_key(session, name, owner=owner, admin=True, plaintext=plaintext)
     return True
 
 

@@ -78,8 +78,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Keep trying to reach the broker at start-up (it may still be booting).
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        # With late acks, a lost connection means redelivery: stop the copies running here.
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Let running jobs finish when the broker connection drops. Cancelling them marks them
+        # revoked when the result backend is the same, unreachable Redis, and acknowledges
+        # them: lost. Finished, their unacknowledged messages come back and are skipped, as
+        # the ledger says they are done (core/reconcile.py hands them back early).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Recycle children to bound slow leaks in task code and libraries.
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_kib,
@@ -101,6 +104,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "cleanup": {
                 "task": "conveyor.maintenance.cleanup",
                 "schedule": timedelta(hours=1),
+            },
+            # The ledger heals what the broker lost (core/reconcile.py); one run at a time.
+            "reconcile": {
+                "task": "conveyor.maintenance.reconcile",
+                "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
+                "options": {"expires": settings.reconcile_interval_seconds},
             },
             "webhooks-dispatch-due": {
                 "task": "conveyor.webhooks.dispatch_due",

@@ -7,19 +7,23 @@ and built lazily in the process that uses them.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.core.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
@@ -123,3 +127,26 @@ def autocommit(settings: Settings | None = None) -> Iterator[Connection]:
 def ping(settings: Settings | None = None) -> None:
     with get_engine(settings).connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+T = TypeVar("T")
+# Pauses before each further try of a write that lost its connection.
+RETRY_PAUSES = (0.1, 0.5, 1.5)
+
+
+def retry_on_disconnect(write: Callable[[], T]) -> T:
+    """Run `write` (a whole transaction) again when the database dropped the connection
+    under it (a restart, a failover, a terminated backend): the pool hands out a fresh one.
+
+    For writes whose loss nothing else would repair, like a finished job's ledger row after
+    its message was acknowledged. Other errors are raised at once.
+    """
+    for pause in RETRY_PAUSES:
+        try:
+            return write()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+                raise
+            log.warning("database write lost its connection (%s); trying again", exc.orig)
+            time.sleep(pause)
+    return write()

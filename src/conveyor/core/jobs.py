@@ -90,6 +90,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
                     args=submission.args,
                     kwargs=submission.kwargs,
                     replay_of=submission.replay_of,
+                    republishable=True,
                 ),
             )
     except IntegrityError:

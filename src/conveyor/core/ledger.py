@@ -101,6 +101,9 @@ class NewJob:
     workflow_stage: int | None = None
     replay_of: str | None = None
     state: JobState = JobState.QUEUED
+    # True when the job's message is published right after it is recorded: the ledger then
+    # keeps its arguments so a lost message can be published again (reconcile.py).
+    republishable: bool = False
 
 
 def _row(new: NewJob) -> Job:
@@ -116,6 +119,12 @@ def _row(new: NewJob) -> Job:
         root_id=new.root_id or new.parent_id,
         workflow_stage=new.workflow_stage,
         replay_of=new.replay_of,
+        payload=(
+            {"args": list(new.args), "kwargs": dict(new.kwargs or {})}
+            if new.republishable
+            else None
+        ),
+        events_pending=False,
         progress_current=0,
         attempts=0,
         created_at=utcnow(),
@@ -150,6 +159,14 @@ def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | No
     return job
 
 
+def _when_ending(values: dict[str, Any], owner: Any) -> None:
+    """A job that ends forgets its arguments and, in the same statement, flags its outcome
+    events as pending (the outbox): only owned jobs have anyone to tell."""
+    if values.get("state") in TERMINAL_STATES:
+        values["payload"] = None
+        values["events_pending"] = owner.is_not(None)
+
+
 def _transition(
     session: Session, job_id: str, allowed: tuple[str, ...], **values: Any
 ) -> Job | None:
@@ -158,6 +175,7 @@ def _transition(
     UPDATE ... RETURNING: one round trip both moves the job and reads it back.
     """
     values.setdefault("updated_at", utcnow())
+    _when_ending(values, Job.owner)
     statement = (
         update(Job)
         .where(Job.id == job_id, Job.state.in_(allowed))
@@ -197,6 +215,7 @@ def _fast_transition(
     connection: Connection, job_id: str, allowed: tuple[str, ...], **values: Any
 ) -> dict[str, Any] | None:
     values.setdefault("updated_at", utcnow())
+    _when_ending(values, JOBS.c.owner)
     statement = (
         update(JOBS)
         .where(JOBS.c.id == job_id, JOBS.c.state.in_(allowed))
@@ -341,6 +360,8 @@ def refresh_parent(session: Session, parent_id: str) -> Job | None:
         else:
             values["state"] = JobState.SUCCEEDED
         values["finished_at"] = utcnow()
+        if parent.state != values["state"]:
+            _when_ending(values, Job.owner)
     elif finished or counts.get(JobState.STARTED) or counts.get(JobState.RETRYING):
         values["state"] = JobState.STARTED
         if parent.started_at is None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,9 +77,21 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The arguments as sent, kept only while the job is active so the reconciler can publish a
+    # lost job again (`args`/`kwargs` above are masked for display); cleared when it ends.
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # An outbox flag set in the same statement that ends the job: its outcome events (webhooks)
+    # are still to be emitted. Cleared in the transaction that records them.
+    events_pending: Mapped[bool] = mapped_column(default=False)
 
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index(
+            "ix_jobs_events_pending",
+            "events_pending",
+            sqlite_where=text("events_pending"),
+            postgresql_where=text("events_pending"),
+        ),
         Index("ix_jobs_state_created", "state", "created_at"),
         Index("ix_jobs_queue_created", "queue", "created_at"),
         Index("ix_jobs_parent", "parent_id"),
@@ -170,6 +183,9 @@ class WebhookEndpoint(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The first failed attempt since the last success: the endpoint is disabled once its
+    # deliveries have failed for CONVEYOR_WEBHOOK_DISABLE_AFTER_SECONDS from here.
+    failing_since: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,30 +1,84 @@
-"""Listeners for job outcomes (succeeded, failed, dead, cancelled), e.g. webhooks and metrics.
+"""Listeners for job outcomes (succeeded, failed, dead, cancelled), fed by an outbox.
 
-A listener failing must never change the job's outcome: errors are logged and swallowed.
+The statement that ends a job also sets its `events_pending` flag (ledger.py). Emitting
+claims the flag and runs the listeners (webhooks) in one transaction, so each outcome is told
+exactly once: a listener that fails rolls the claim back, and the sweep run by Beat
+(`dispatch_pending`) tries again. A listener never changes the job's outcome.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from conveyor.core import ledger
+from conveyor.core.db import session_scope
+from conveyor.core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-Listener = Callable[[dict[str, Any]], None]
+# listener(job, session): `job` is the ledger's job dict plus its `owner`; what the listener
+# writes through `session` commits with the claim.
+Listener = Callable[[dict[str, Any], Session], None]
 _listeners: list[Listener] = []
+# The sweep leaves alone outcomes younger than this: their worker is telling them right now.
+SWEEP_AFTER = timedelta(seconds=5)
 
 
 def on_job_outcome(listener: Listener) -> Listener:
-    """Register `listener(job)`; `job` is the ledger's job dict plus its `owner`."""
     if listener not in _listeners:
         _listeners.append(listener)
     return listener
 
 
+def dispatch(job_id: str) -> bool:
+    """Tell the listeners about one ended job, once; False when nothing was pending."""
+    with session_scope() as session:
+        claimed = session.scalars(
+            update(Job)
+            .where(Job.id == job_id, Job.events_pending.is_(True))
+            .values(events_pending=False)
+            .returning(Job)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        ).first()
+        if claimed is None:
+            return False
+        job = {**ledger.job_to_dict(claimed), "owner": claimed.owner}
+        for listener in list(_listeners):
+            listener(job, session)
+    return True
+
+
 def emit(job: dict[str, Any]) -> None:
-    for listener in list(_listeners):
+    """Right after a job ended: tell its outcome now, or leave it to the sweep."""
+    if job.get("owner") is None:
+        return  # nobody to tell: the ending statement set no flag
+    try:
+        dispatch(str(job["id"]))
+    except Exception as exc:
+        log.warning("job %s: outcome events left for the sweep: %s", job.get("id"), exc)
+
+
+def dispatch_pending(limit: int = 500) -> int:
+    """The sweep: every ended job whose outcome was not told yet (its worker died, the
+    database failed at that moment). Returns how many were told."""
+    with session_scope() as session:
+        ids = list(
+            session.scalars(
+                select(Job.id)
+                .where(Job.events_pending.is_(True), Job.updated_at < utcnow() - SWEEP_AFTER)
+                .limit(limit)
+            )
+        )
+    told = 0
+    for job_id in ids:
         try:
-            listener(job)
-        except Exception:
-            log.exception("job outcome listener %r failed for job %s", listener, job.get("id"))
+            told += dispatch(job_id)
+        except Exception as exc:
+            log.warning("job %s: outcome events not told yet: %s", job_id, exc)
+    return told

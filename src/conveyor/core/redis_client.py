@@ -38,3 +38,11 @@ def job_channel(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"conveyor:cancelled:{job_id}"
+
+
+# Each worker's heartbeat: its pid, queues and the ids of the jobs it holds (heartbeat.py).
+WORKER_KEY_PREFIX = "conveyor:worker:"
+
+
+def worker_key(hostname: str) -> str:
+    return f"{WORKER_KEY_PREFIX}{hostname}"

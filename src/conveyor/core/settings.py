@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -58,6 +59,10 @@ class Settings(BaseSettings):
 
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    public_base_url: str | None = Field(
+        default=None,
+        description="Base of absolute URLs in answers, e.g. https://jobs.example.com; unset: relative.",
+    )
     max_body_bytes: int = Field(
         default=1_048_576,
         ge=1024,
@@ -116,6 +121,43 @@ class Settings(BaseSettings):
         ge=10_000,
         description="Memory (KiB) above which a worker process is replaced after its task.",
     )
+    worker_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How often each worker writes its heartbeat (alive, and the jobs it holds).",
+    )
+    worker_lost_after_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        description=(
+            "A worker silent this long is gone: the reconciler hands its unacknowledged jobs "
+            "out again (instead of after the visibility timeout)."
+        ),
+    )
+    reconcile_interval_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="How often Beat runs the reconciler that finds and heals lost jobs.",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=120.0,
+        ge=1,
+        description=(
+            "An active job unchanged this long, that no live worker holds and no queue "
+            "contains, is lost: settled from its stored result, published again or "
+            "dead-lettered."
+        ),
+    )
+    reconcile_scan_limit: int = Field(
+        default=10_000,
+        ge=100,
+        description=(
+            "Queues longer than this are not searched for lost queued jobs (their backlog "
+            "is not lost, only slow)."
+        ),
+    )
 
     retry_max_attempts: int = Field(
         default=5, ge=0, description="Retries after the first try; tasks may override."
@@ -151,7 +193,7 @@ class Settings(BaseSettings):
     webhook_delivery_retention_days: int = Field(
         default=14,
         ge=1,
-        description="Cleanup deletes finished webhook deliveries older than this (days).",
+        description="Cleanup deletes webhook deliveries older than this (days), held ones too.",
     )
     cleanup_batch_size: int = Field(
         default=1000,
@@ -171,6 +213,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests per minute per API key (429 with Retry-After beyond); 0 = off.",
     )
+    api_auth_failures_per_minute: int = Field(
+        default=20,
+        ge=0,
+        description="Failed API-key logins per client address a minute; then 429 for it; 0 = off.",
+    )
+    sse_max_streams_per_key: int = Field(
+        default=20,
+        ge=0,
+        description="Open job event streams (SSE) per API key; 429 beyond; 0 = off.",
+    )
 
     allow_private_networks: bool = Field(
         default=False,
@@ -182,10 +234,12 @@ class Settings(BaseSettings):
         le=120,
         description="Seconds a webhook delivery waits for the endpoint's answer.",
     )
-    webhook_disable_after_failures: int = Field(
-        default=50,
+    # Like Svix: a window of time, not a count, so a burst of traffic during a short outage
+    # cannot disable an endpoint.
+    webhook_disable_after_seconds: float = Field(
+        default=5 * 86_400,
         ge=1,
-        description="Consecutive failed deliveries after which an endpoint is disabled.",
+        description="Seconds of failed deliveries, none succeeding, that disable an endpoint.",
     )
 
     # webhooks
@@ -569,6 +623,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss:// or amqp:// URL")
         return value
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_origin(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError("must be an http(s) URL like https://jobs.example.com")
+        if parsed.query or parsed.fragment or "@" in parsed.netloc:
+            raise ValueError("must be a plain origin and path, without user, query or fragment")
+        return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+
     @field_validator("bootstrap_api_key")
     @classmethod
     def _key_format(cls, value: SecretStr | None) -> SecretStr | None:
@@ -597,6 +663,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CONVEYOR_VISIBILITY_TIMEOUT must exceed CONVEYOR_TASK_TIME_LIMIT, "
                 "or Redis hands a running job to a second worker"
+            )
+        if self.worker_lost_after_seconds <= 2 * self.worker_heartbeat_seconds:
+            raise ValueError(
+                "CONVEYOR_WORKER_LOST_AFTER_SECONDS must exceed twice "
+                "CONVEYOR_WORKER_HEARTBEAT_SECONDS, or a live worker counts as gone"
             )
         if self.retry_backoff_max >= self.visibility_timeout:
             raise ValueError(

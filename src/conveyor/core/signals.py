@@ -47,6 +47,7 @@ def _record_published(
                 queue=routing_key or "default",
                 args=args,
                 kwargs=kwargs,
+                republishable=True,
             ),
         )
 
@@ -62,7 +63,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from conveyor.core import task_metrics
+    from conveyor.core import heartbeat, task_metrics
 
     signals.worker_process_init.connect(_reset_process_state, weak=False)
     signals.before_task_publish.connect(task_metrics.stamp_enqueue_time, weak=False)
@@ -71,5 +72,7 @@ def install() -> None:
     signals.task_postrun.connect(task_metrics.task_finished, weak=False)
     signals.worker_process_shutdown.connect(task_metrics.process_exiting, weak=False)
     signals.worker_ready.connect(task_metrics.serve_worker_metrics, weak=False)
+    signals.worker_ready.connect(heartbeat.start, weak=False)
+    signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.setup_logging.connect(_take_over_logging, weak=False)
     _installed = True

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import dead_letters, ledger, locks, outcomes, rate_limit, unique
 from conveyor.core.celery_app import queue_for
-from conveyor.core.db import autocommit, session_factory, session_scope
+from conveyor.core.db import autocommit, retry_on_disconnect, session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
 from conveyor.core.events import publish_job
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
@@ -177,11 +177,19 @@ class ConveyorTask(Task[..., Any]):
         except Exception as exc:
             kind = self.classify(exc)
             if kind is ErrorKind.TRANSIENT and request.retries < self.max_retry_count():
-                raise self.retry(
-                    exc=exc,
-                    countdown=self.retry_delay(request.retries),
-                    max_retries=self.max_retry_count(),
-                ) from exc
+                try:
+                    raise self.retry(
+                        exc=exc,
+                        countdown=self.retry_delay(request.retries),
+                        max_retries=self.max_retry_count(),
+                    ) from exc
+                except Reject as unpublished:
+                    # Celery drops the message when the retry cannot be published (the broker
+                    # is away): give it back instead, so the job runs again later.
+                    self._note_unpublished_retry(exc)
+                    raise Reject(
+                        unpublished.args[0] if unpublished.args else exc, requeue=True
+                    ) from exc
             raise
         finally:
             if lock is not None:
@@ -437,8 +445,13 @@ class ConveyorTask(Task[..., Any]):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         if not self.track:
             return
-        with autocommit() as connection:
-            row = ledger.finish_success(connection, task_id, retval)
+
+        def finish() -> dict[str, Any] | None:
+            with autocommit() as connection:
+                return ledger.finish_success(connection, task_id, retval)
+
+        # The message is acknowledged after this: a lost write would leave the job started.
+        row = retry_on_disconnect(finish)
         if row is not None and row["parent_id"] is None:
             snapshot = ledger.job_to_dict(row)
             publish_job(snapshot)
@@ -447,6 +460,15 @@ class ConveyorTask(Task[..., Any]):
             with session_scope() as session:
                 self._after_transition(session, session.get(Job, task_id))
         self._release_unique(task_id)
+
+    def _note_unpublished_retry(self, exc: BaseException) -> None:
+        if not self.track or self.request.id is None:
+            return
+        try:
+            with session_scope() as session:
+                ledger.mark_retrying(session, self.request.id, exc, None)
+        except Exception as error:  # the reconciler repairs the row if this fails too
+            log.warning("job %s: retrying not recorded: %s", self.request.id, error)
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -487,6 +509,21 @@ class ConveyorTask(Task[..., Any]):
         Also called in the worker's main process after a hard time limit, where there is
         no task request: everything needed comes in as arguments.
         """
+        retry_on_disconnect(
+            lambda: self._record_dead_letter(task_id, exc, traceback, args, kwargs, reason)
+        )
+        self._release_unique(task_id, always=True)
+        log.error("job %s of %s is now a dead letter (%s): %s", task_id, self.name, reason, exc)
+
+    def _record_dead_letter(
+        self,
+        task_id: str | None,
+        exc: BaseException,
+        traceback: str | None,
+        args: Any,
+        kwargs: Any,
+        reason: str,
+    ) -> None:
         tracked = self.track and task_id is not None
         with session_scope() as session:
             if tracked:
@@ -513,8 +550,6 @@ class ConveyorTask(Task[..., Any]):
             )
             if tracked:
                 self._after_transition(session, job)
-        self._release_unique(task_id, always=True)
-        log.error("job %s of %s is now a dead letter (%s): %s", task_id, self.name, reason, exc)
 
     def _after_transition(self, session: Session, job: Job | None) -> None:
         """Publish the new state and keep a workflow parent in step with its children."""

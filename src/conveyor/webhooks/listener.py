@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from conveyor.core.outcomes import on_job_outcome
 from conveyor.webhooks import service
 
@@ -38,12 +40,13 @@ def job_event_data(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def on_outcome(job: dict[str, Any]) -> None:
+def on_outcome(job: dict[str, Any], session: Session) -> None:
     owner = job.get("owner")
     event_type = OUTCOME_EVENTS.get(str(job.get("state")))
     if not owner or event_type is None:
         return
-    service.emit_event(None, owner, event_type, job_event_data(job))
+    # In the outbox's transaction: the deliveries exist exactly when the event is told.
+    service.emit_event(session, owner, event_type, job_event_data(job))
 
 
 on_job_outcome(on_outcome)
