@@ -46,6 +46,8 @@ TEST_ENV = {
     "CONVEYOR_LOG_LEVEL": "INFO",
     # Tests poll the API quickly with one key; the per-key limit has tests of its own.
     "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "0",
+    # Several tests send bad keys on purpose, all from 127.0.0.1; this limit has its own test.
+    "CONVEYOR_API_AUTH_FAILURES_PER_MINUTE": "0",
     # Tasks that exist only for the tests (tests/integration/tasks.py).
     "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
 }

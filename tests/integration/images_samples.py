@@ -52,6 +52,32 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def jpeg_cut_with_end_marker() -> bytes:
+    """Half a JPEG, closed with an end-of-image marker: libjpeg only warns about it."""
+    data = jpeg()
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A well-formed 16x16 JPEG whose frame header claims `width`x`height`: a few hundred
+    bytes of scan data for millions of pixels, which a lenient decoder fills with grey."""
+    out = io.BytesIO()
+    upright(16, 16).save(out, "JPEG", quality=85)
+    data = bytearray(out.getvalue())
+    at = 2
+    while data[at + 1] not in (0xC0, 0xC1, 0xC2):  # walk the markers to the frame header
+        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def jpeg_with_extraneous_bytes() -> bytes:
+    """A complete JPEG with stray bytes before its scan, as some phones and cameras write."""
+    data = jpeg(320, 240)
+    scan = data.index(b"\xff\xda")
+    return data[:scan] + b"\x00\x00\x00" + data[scan:]
+
+
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -31,21 +31,27 @@ def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: http
     assert job["result"] == {"steps": 12, "attempt": 1}
 
 
-def test_readiness_fails_without_worker(stack: Stack, admin: httpx.Client) -> None:
+def test_readiness_needs_no_worker_and_workers_are_reported_apart(
+    stack: Stack, admin: httpx.Client
+) -> None:
     ready = httpx.get(f"{stack.api_url}/health/ready", timeout=10)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    workers = httpx.get(f"{stack.api_url}/health/workers", timeout=10)
+    assert workers.status_code == 200
+    assert any(name.startswith("test-") for name in workers.json()["workers"])
 
     stack.worker.stop()
     try:
-        down = httpx.get(f"{stack.api_url}/health/ready", timeout=10)
-        assert down.status_code == 503
-        assert "workers" in down.json()["checks"]
-        assert "database" not in down.json()["checks"]
+        # Jobs are still accepted: an API without workers must stay in service.
+        assert httpx.get(f"{stack.api_url}/health/ready", timeout=10).status_code == 200
+        gone = httpx.get(f"{stack.api_url}/health/workers", timeout=10)
+        assert gone.status_code == 503
+        assert gone.json()["reason"] == "no worker answered a ping within 1s"
         assert httpx.get(f"{stack.api_url}/health/live", timeout=5).status_code == 200
     finally:
         stack.start_worker()
-    assert httpx.get(f"{stack.api_url}/health/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{stack.api_url}/health/workers", timeout=10).status_code == 200
 
 
 def _scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

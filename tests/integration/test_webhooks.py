@@ -7,9 +7,11 @@ a fast retry schedule), and the module puts the stack back as it found it.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +31,13 @@ from conveyor.webhooks.signing import generate_secret, verify
 from tests.integration.conftest import Process, Stack, submit_diagnostics, wait_for
 
 ALLOW = "CONVEYOR_ALLOW_PRIVATE_NETWORKS"
-FAST = {"CONVEYOR_WEBHOOK_RETRY_SCHEDULE": "1,1,1", "CONVEYOR_WEBHOOK_DISABLE_AFTER_FAILURES": "3"}
+# Retries for longer than the failure window, so an outage ends with the endpoint disabled
+# and its events held, never with a delivery out of attempts.
+WINDOW_SECONDS = 3
+FAST = {
+    "CONVEYOR_WEBHOOK_RETRY_SCHEDULE": "1,1,1,1,1",
+    "CONVEYOR_WEBHOOK_DISABLE_AFTER_SECONDS": str(WINDOW_SECONDS),
+}
 ENDPOINTS = "/api/v1/webhook-endpoints"
 
 
@@ -53,6 +61,19 @@ class Receiver:
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.listening = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def go_down(self) -> None:
+        """Stop listening: connections are refused, as from a crashed receiver."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.listening = False
+
+    def come_back(self) -> None:
+        """Listen again on the same port."""
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.listening = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
@@ -93,8 +114,8 @@ class Receiver:
         return list(self.requests)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.listening:
+            self.go_down()
 
 
 @pytest.fixture
@@ -309,23 +330,101 @@ def test_endpoint_that_keeps_failing_is_disabled(
     watching = register(api, watcher.url, ["endpoint.disabled"])
     assert api.post(f"{ENDPOINTS}/{broken['id']}/test").status_code == 202
 
-    (notice,) = watcher.wait(1)
+    (notice,) = watcher.wait(1, timeout=WINDOW_SECONDS + 30)
     payload = standardwebhooks.Webhook(watching["secret"]).verify(notice.body, notice.headers)
     assert payload["type"] == "endpoint.disabled"
     assert payload["data"]["endpoint_id"] == broken["id"]
-    assert len(failing.requests) == 3  # the threshold in FAST
+    assert payload["data"]["failing_since"] is not None
+    # Retries 1 s apart, so the window of FAST ends at the fourth attempt at the latest.
+    tried = len(failing.requests)
+    assert 2 <= tried <= 4
 
     shown = api.get(f"{ENDPOINTS}/{broken['id']}").json()
     assert shown["enabled"] is False
-    assert "3 consecutive failed deliveries" in shown["disabled_reason"]
+    assert "every delivery failed for" in shown["disabled_reason"]
+    assert shown["failing_since"] == payload["data"]["failing_since"]
+    # Held, not failed: it goes out again once the endpoint is re-enabled.
     (delivery,) = api.get(f"{ENDPOINTS}/{broken['id']}/deliveries").json()["items"]
-    assert (delivery["status"], delivery["attempts"]) == ("failed", 3)
+    assert (delivery["status"], delivery["attempts"]) == ("paused", tried)
     assert api.post(f"{ENDPOINTS}/{broken['id']}/test").status_code == 409
     assert "webhooks.endpoint_disabled" in hooks.worker.log_path.read_text(errors="replace")
 
     enabled = api.patch(f"{ENDPOINTS}/{broken['id']}", json={"enabled": True}).json()
     assert (enabled["enabled"], enabled["consecutive_failures"]) == (True, 0)
-    assert enabled["disabled_reason"] is None
+    assert (enabled["disabled_reason"], enabled["failing_since"]) == (None, None)
+    again = failing.wait(tried + 1)[tried]
+    assert again.headers["webhook-id"] == delivery["id"]
+
+
+def test_receiver_down_under_traffic_gets_every_event_exactly_once(
+    hooks: Stack, api: httpx.Client, receivers: Callable[..., Receiver]
+) -> None:
+    """The outage of the bug report: events keep coming while the receiver is down, longer
+    than the failure window. The endpoint is disabled and holds its events; re-enabled, it
+    gets every one of them, each once."""
+    configure(hooks, allow_private=True)
+    receiver = receivers()
+    endpoint_id = register(api, receiver.url, ["job.succeeded"])["id"]
+    jobs: list[str] = []
+
+    def traffic(count: int) -> None:
+        jobs.extend(submit_diagnostics(api, steps=1, step_seconds=0) for _ in range(count))
+
+    def shown() -> dict[str, Any]:
+        body: dict[str, Any] = api.get(f"{ENDPOINTS}/{endpoint_id}").json()
+        return body
+
+    traffic(10)
+    receiver.wait(3)  # up, and receiving
+    receiver.go_down()
+
+    def disabled_under_traffic() -> bool:
+        if len(jobs) < 60:
+            traffic(2)
+        return shown()["enabled"] is False
+
+    wait_for(
+        disabled_under_traffic, WINDOW_SECONDS + 60, "the endpoint to be disabled", interval=0.3
+    )
+    assert "every delivery failed for" in shown()["disabled_reason"]
+    traffic(10)  # while disabled: recorded and held
+    for job_id in jobs:
+        hooks.wait_job(job_id, {"succeeded"})
+
+    receiver.come_back()
+    seen = len(receiver.requests)
+
+    def held() -> int:
+        with db.session_scope() as session:
+            return len(service.list_deliveries(session, endpoint_id, limit=500, status="paused"))
+
+    # Every event has its delivery: either delivered before the outage, or held.
+    wait_for(lambda: len(receiver.requests) + held() >= len(jobs), 30, "every event to be recorded")
+    time.sleep(1.5)  # longer than a retry: a disabled endpoint gets nothing
+    assert len(receiver.requests) == seen
+    assert held() > 0
+
+    response = api.patch(f"{ENDPOINTS}/{endpoint_id}", json={"enabled": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["enabled"] is True
+
+    def delivered_jobs() -> set[str]:
+        return {json.loads(r.body)["data"]["id"] for r in list(receiver.requests)}
+
+    wait_for(lambda: delivered_jobs() >= set(jobs), 60, "every event at the receiver")
+    time.sleep(1.5)  # a duplicate would come within a retry
+    requests = list(receiver.requests)
+    events = Counter(json.loads(r.body)["data"]["id"] for r in requests)
+    assert set(events) == set(jobs)
+    assert max(events.values()) == 1, "an event reached the receiver twice"
+    ids = Counter(r.headers["webhook-id"] for r in requests)
+    assert len(ids) == len(jobs)
+    assert max(ids.values()) == 1
+    with db.session_scope() as session:
+        rows = service.list_deliveries(session, endpoint_id, limit=500)
+    assert len(rows) == len(jobs)  # none created twice
+    assert {delivery.status for delivery, _ in rows} == {"succeeded"}
+    assert shown()["enabled"] is True
 
 
 def test_dispatcher_sends_deliveries_whose_message_was_lost(

@@ -73,7 +73,8 @@ def test_create_key_stores_only_a_sha256_hash(session: Session, engine: Engine) 
         stored = [str(value) for value in vars(record).values()]
         assert not any(secret in value for value in stored)
         assert record.prefix == api_keys.split_key(new.plaintext)
-        assert record.owner == "reports-service"
+        assert record.owner.startswith("own_")  # an identity of its own, not the name
+        assert record.name == "reports-service"
         assert record.is_admin is False
         assert record.revoked_at is None
 
@@ -186,3 +187,83 @@ def test_list_keys_returns_every_key_oldest_first(session: Session) -> None:
     for name in names:
         api_keys.create_key(session, name)
     assert [key.name for key in api_keys.list_keys(session)] == names
+
+
+# --- owners: identities, never shared implicitly, never across the admin line ------------
+
+
+def test_a_new_key_gets_a_new_owner_whatever_its_name(session: Session) -> None:
+    api_keys.ensure_key(session, api_keys.generate_plaintext())  # the bootstrap admin
+    first = api_keys.create_key(session, "admin")
+    second = api_keys.create_key(session, "admin")
+    owners = {first.record.owner, second.record.owner}
+    assert len(owners) == 2
+    assert api_keys.BOOTSTRAP_OWNER not in owners
+    assert all(owner.startswith("own_") for owner in owners)
+    assert (first.record.name, first.existing_owner) == ("admin", False)
+    admin = api_keys.create_key(session, "admin", admin=True)
+    assert admin.record.owner not in {*owners, api_keys.BOOTSTRAP_OWNER}
+
+
+def test_joining_an_existing_owner_is_explicit(session: Session) -> None:
+    first = api_keys.create_key(session, "web")
+    again = api_keys.create_key(session, "web-2", owner=first.record.owner)
+    assert (again.record.owner, again.existing_owner) == (first.record.owner, True)
+    named = api_keys.create_key(session, "billing", owner="  acme ")
+    assert (named.record.owner, named.existing_owner) == ("acme", False)  # a new owner
+    assert api_keys.create_key(session, "billing-2", owner="acme").existing_owner is True
+
+
+def test_a_non_admin_key_never_shares_an_admins_owner(session: Session) -> None:
+    api_keys.ensure_key(session, api_keys.generate_plaintext())
+    ops = api_keys.create_key(session, "ops", admin=True)
+    for owner in (api_keys.BOOTSTRAP_OWNER, ops.record.owner):
+        with pytest.raises(api_keys.OwnerConflict, match="has admin keys") as raised:
+            api_keys.create_key(session, "intruder", owner=owner)
+        assert raised.value.owner == owner
+    # Admins may share an owner, explicitly.
+    assert api_keys.create_key(session, "ops-2", owner=ops.record.owner, admin=True).existing_owner
+    assert session.scalar(select(func.count()).where(ApiKey.name == "intruder")) == 0
+
+
+def test_an_admin_key_never_joins_a_non_admin_owner(session: Session) -> None:
+    tenant = api_keys.create_key(session, "tenant")
+    with pytest.raises(api_keys.OwnerConflict, match="has non-admin keys"):
+        api_keys.create_key(session, "root", owner=tenant.record.owner, admin=True)
+
+
+def test_a_revoked_key_still_holds_its_owner_on_its_side_of_the_admin_line(
+    session: Session,
+) -> None:
+    ops = api_keys.create_key(session, "ops", owner="ops", admin=True)
+    api_keys.revoke(session, ops.record.id)
+    # Its jobs and stored idempotent responses are still the owner's.
+    with pytest.raises(api_keys.OwnerConflict):
+        api_keys.create_key(session, "ops", owner="ops")
+
+
+@pytest.mark.parametrize("owner", ["", "   ", "x" * 121])
+def test_an_owner_must_be_a_usable_name(session: Session, owner: str) -> None:
+    with pytest.raises(ValueError, match="1 to 120 characters"):
+        api_keys.create_key(session, "k", owner=owner)
+
+
+def test_bootstrap_never_joins_a_non_admin_owner_left_by_old_data(session: Session) -> None:
+    # Before owners were identities, a key named "admin" took the owner "admin".
+    legacy = api_keys.create_key(session, "admin", owner=api_keys.BOOTSTRAP_OWNER)
+    plaintext = api_keys.generate_plaintext()
+    assert api_keys.ensure_key(session, plaintext) is True
+    record = api_keys.authenticate(session, plaintext)
+    assert record is not None
+    assert record.is_admin is True
+    assert record.owner.startswith("own_")
+    session.refresh(legacy.record)
+    assert legacy.record.owner == api_keys.BOOTSTRAP_OWNER  # existing keys keep their owners
+
+
+def test_every_bootstrap_key_shares_the_bootstrap_admin_owner(session: Session) -> None:
+    first, second = api_keys.generate_plaintext(), api_keys.generate_plaintext()
+    api_keys.ensure_key(session, first)
+    api_keys.ensure_key(session, second)  # the variable changed: a second admin key
+    owners = {key.owner for key in api_keys.list_keys(session)}
+    assert owners == {api_keys.BOOTSTRAP_OWNER}

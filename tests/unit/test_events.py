@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.api.jobs import _load_snapshot, _sse
+from conveyor.api.job_stream import _load_snapshot, _sse
 from conveyor.core import db, events, ledger
 from conveyor.core.ledger import NewJob
 from conveyor.core.models import Base

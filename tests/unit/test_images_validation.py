@@ -59,6 +59,8 @@ def test_exif_orientation_gives_the_size_as_shown() -> None:
         (samples.png(), "photo.jpg", None, 422, "content is PNG but its name 'photo.jpg'"),
         (samples.png(), "photo", "image/jpeg", 422, "content type 'image/jpeg' says JPEG"),
         (samples.truncated_jpeg(), "cut.jpg", None, 422, "truncated or corrupt"),
+        (samples.jpeg_cut_with_end_marker(), "cut.jpg", None, 422, "premature end of data"),
+        (samples.jpeg_declaring(4000, 3000), "big.jpg", None, 422, "truncated or corrupt"),
         (samples.png_bomb(), "bomb.png", None, 422, "100000x100000 pixels"),
         (b"\xff\xd8\xff" + b"\x00" * 100, "x.jpg", None, 422, "not a readable JPEG"),
     ],
@@ -112,3 +114,20 @@ def test_avif_needs_an_avif_brand() -> None:
 def test_a_decoded_upload_is_a_real_image() -> None:
     # Belt and braces: Pillow agrees with what the checks let through.
     Image.open(io.BytesIO(samples.jpeg(64, 48))).load()
+
+
+def test_a_tiny_jpeg_declaring_millions_of_pixels_is_not_filled_with_grey() -> None:
+    # The probe's file: ~700 bytes claiming 12000x4000, within every size limit.
+    limits = Limits(max_bytes=20_000_000, max_width=12_000, max_height=12_000, max_pixels=50 << 20)
+    data = samples.jpeg_declaring(12_000, 4_000)
+    assert len(data) < 1000
+    with pytest.raises(RejectedImage) as caught:
+        inspect_upload(data, limits, filename="probe.jpg")
+    assert caught.value.status == 422
+    assert "premature end of data segment" in caught.value.message
+
+
+def test_harmless_jpeg_quirks_are_accepted() -> None:
+    # Stray bytes before a marker lose no pixel; phones write them. Only data loss fails.
+    inspected = inspect_upload(samples.jpeg_with_extraneous_bytes(), LIMITS, filename="a.jpg")
+    assert (inspected.format, inspected.width, inspected.height) == ("jpeg", 320, 240)

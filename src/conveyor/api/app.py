@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.api import dead_letters, diagnostics, files, health, jobs, webhooks
+from conveyor.api.event_hub import EventHub
 from conveyor.api.limits import BodySizeLimit
+from conveyor.api.security import API_HEADERS, SecurityHeaders
+from conveyor.core.celery_app import get_celery, use_request_timeouts
 from conveyor.core.metrics import http_latency, http_requests
 from conveyor.core.settings import Settings, get_settings
 from conveyor.workloads.email import api as email_api
@@ -81,6 +86,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
     """A broker or database outage is the server's problem, and temporary: 503, not 500."""
+    # Redis errors count as the broker's: Redis is the broker, or stands beside it.
     what = "database" if isinstance(exc, SQLAlchemyOperationalError) else "broker"
     log.error("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
     return JSONResponse(
@@ -95,6 +101,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         {"detail": "internal error; the server log has the details"},
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        headers=API_HEADERS,  # sent by the outermost middleware, outside SecurityHeaders
     )
 
 
@@ -126,9 +133,17 @@ class RequestMetrics:
             http_latency.labels(method, template).observe(time.perf_counter() - started)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await app.state.event_hub.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    use_request_timeouts(get_celery(), settings)
     app = FastAPI(
+        lifespan=_lifespan,
         title="Conveyor",
         version="0.1.0",
         description=DESCRIPTION,
@@ -142,7 +157,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for outage in (KombuOperationalError, RedisConnectionError, SQLAlchemyOperationalError):
+    outages = (KombuOperationalError, RedisError, SQLAlchemyOperationalError)
+    for outage in outages:
         app.add_exception_handler(outage, _dependency_down)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(
@@ -156,6 +172,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.add_middleware(RequestMetrics)
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeaders, docs_paths=[path for path in docs if path])
+    # One pub/sub connection for every event stream this process serves.
+    app.state.event_hub = EventHub()
     for module in (health, jobs, dead_letters, diagnostics):
         app.include_router(module.router)
     app.include_router(webhooks.router)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from conveyor.api.deps import AdminDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
+from conveyor.api.paging import Offset
 from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Purged, Replayed
 from conveyor.core import dead_letters, jobs
 from conveyor.core.cleanup import prune_dead_letters
@@ -35,7 +36,7 @@ def list_dead_letters(
     session: SessionDep,
     task_name: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     letters = dead_letters.list_letters(session, task_name=task_name, limit=limit, offset=offset)
     return {"items": [dead_letters.to_dict(letter, with_traceback=False) for letter in letters]}

@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from conveyor.api.rate_limit import limit_api_key
+from conveyor.api.rate_limit import check_auth_block, limit_api_key, record_auth_failure
 from conveyor.core import api_keys
 from conveyor.core.db import session_scope
 from conveyor.core.ledger import as_utc
@@ -56,8 +56,12 @@ def get_caller(
 ) -> Caller:
     if credentials is None:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    address = request.client.host if request.client else "unknown"
+    # Before the key is looked at: a blocked address learns nothing from its guesses.
+    check_auth_block(address)
     record = api_keys.authenticate(session, credentials.credentials)
     if record is None:
+        record_auth_failure(address)
         raise _unauthorized("invalid or revoked API key")
     # Before any work for the request; 429 with Retry-After when the key is over its limit.
     limit_api_key(record.id, response)

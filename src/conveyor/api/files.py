@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, UploadFile, status
@@ -12,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Problem
+from conveyor.core.filenames import display_name
 from conveyor.core.settings import get_settings
 from conveyor.core.storage import get_storage
 from conveyor.workloads.email import service
@@ -20,14 +20,6 @@ from conveyor.workloads.email.schemas import FileOut
 
 router = APIRouter(prefix="/api/v1/files", tags=["files"], route_class=IdempotentRoute)
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\]")
-
-
-def _filename(raw: str | None) -> str:
-    # Only the last path component, without control characters or quotes.
-    name = PureWindowsPath(PurePosixPath(raw or "").name).name
-    name = _UNSAFE.sub("", name).strip()[:255]
-    return name or "attachment"
 
 
 def _out(stored: StoredFile) -> dict[str, Any]:
@@ -66,7 +58,7 @@ async def upload_file(
         session,
         get_storage(settings),
         owner=caller.owner,
-        filename=_filename(file.filename),
+        filename=display_name(file.filename, default="attachment"),
         content_type=content_type,
         data=data,
     )

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from conveyor.core.health import readiness
+from conveyor.core.health import WORKER_PING_TIMEOUT, live_workers, readiness
 from conveyor.core.metrics import exposition
 
 router = APIRouter(tags=["health"])
@@ -20,7 +20,7 @@ def live() -> dict[str, str]:
 
 @router.get(
     "/health/ready",
-    summary="Broker, database and at least one worker answer",
+    summary="The database and the broker answer (workers: /health/workers)",
     responses={
         200: {"content": {"application/json": {"example": {"status": "ready", "checks": {}}}}},
         503: {
@@ -29,7 +29,7 @@ def live() -> dict[str, str]:
                 "application/json": {
                     "example": {
                         "status": "unavailable",
-                        "checks": {"workers": "no worker answered a ping within 1s"},
+                        "checks": {"broker": "broker unreachable: TimeoutError: Timeout"},
                     }
                 }
             },
@@ -43,6 +43,27 @@ def ready(response: Response) -> dict[str, Any]:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return {"status": "unavailable", "checks": failing}
     return {"status": "ready", "checks": dict.fromkeys(checks, "ok")}
+
+
+@router.get(
+    "/health/workers",
+    summary="The workers that answer a ping",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ok", "workers": []}}}},
+        503: {"description": "No worker answered: jobs are accepted but wait in their queues."},
+    },
+)
+def workers(response: Response) -> dict[str, Any]:
+    try:
+        names = live_workers()
+    except Exception as exc:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return {"status": "unavailable", "workers": [], "reason": f"{type(exc).__name__}: {exc}"}
+    if not names:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        reason = f"no worker answered a ping within {WORKER_PING_TIMEOUT:g}s"
+        return {"status": "unavailable", "workers": [], "reason": reason}
+    return {"status": "ok", "workers": names}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

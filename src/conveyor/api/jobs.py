@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
+from conveyor.api import job_stream
 from conveyor.api.deps import CallerDep, SessionDep
+from conveyor.api.event_hub import EventHub
 from conveyor.api.schemas import JobOut, JobPage, Problem
 from conveyor.core import jobs, ledger
-from conveyor.core.db import session_scope
-from conveyor.core.events import event_payload
-from conveyor.core.models import TERMINAL_STATES, JobState
-from conveyor.core.redis_client import job_channel
-from conveyor.core.settings import get_settings
+from conveyor.core.models import JobState
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Problem, "description": "No such job visible to this key."}
 }
-# Re-read the ledger this often while streaming, in case a pub/sub message was missed.
-SSE_RECHECK_SECONDS = 5.0
 
 
 def _not_found() -> HTTPException:
@@ -91,61 +83,11 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> dict[str,
     return ledger.job_to_dict(job)
 
 
-def _load_snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
-    """The job as an event carries it, like the ones published: equal when nothing changed."""
-    with session_scope() as session:
-        job = ledger.get_job(session, job_id, owner)
-        return event_payload(ledger.job_to_dict(job)) if job else None
-
-
-async def _snapshot(job_id: str, owner: str | None) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = await run_in_threadpool(_load_snapshot, job_id, owner)
-    return result
-
-
-def _sse(snapshot: dict[str, Any], sequence: int) -> str:
-    event = "progress" if snapshot["state"] == JobState.STARTED else snapshot["state"]
-    return f"id: {sequence}\nevent: {event}\ndata: {json.dumps(snapshot, default=str)}\n\n"
-
-
-async def _job_events(
-    request: Request, job_id: str, owner: str | None, first: dict[str, Any]
-) -> AsyncIterator[str]:
-    client = aioredis.Redis.from_url(get_settings().redis, decode_responses=True)
-    pubsub = client.pubsub()
-    sequence = 0
-    try:
-        # Subscribe before re-reading, so nothing between the read and the subscribe is lost.
-        await pubsub.subscribe(job_channel(job_id))
-        snapshot = await _snapshot(job_id, owner) or first
-        last_sent = snapshot
-        sequence += 1
-        yield _sse(snapshot, sequence)
-        while snapshot["state"] not in TERMINAL_STATES:
-            if await request.is_disconnected():
-                return
-            message = await pubsub.get_message(
-                ignore_subscribe_messages=True, timeout=SSE_RECHECK_SECONDS
-            )
-            if message is not None:
-                snapshot = json.loads(message["data"])
-            else:
-                snapshot = await _snapshot(job_id, owner) or snapshot
-                if snapshot == last_sent:
-                    yield ": keep-alive\n\n"
-                    continue
-            last_sent = snapshot
-            sequence += 1
-            yield _sse(snapshot, sequence)
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await client.aclose()
-
-
 @router.get(
     "/{job_id}/events",
     responses={
         **NOT_FOUND,
+        429: {"model": Problem, "description": "This key has its most streams open."},
         200: {
             "content": {"text/event-stream": {}},
             "description": (
@@ -157,13 +99,14 @@ async def _job_events(
         },
     },
     summary="Follow a job's progress (server-sent events)",
+    description=(
+        "At most CONVEYOR_SSE_MAX_STREAMS_PER_KEY streams per API key are open at once; "
+        "one more is a 429 with Retry-After."
+    ),
 )
 async def job_events(job_id: str, request: Request, caller: CallerDep) -> StreamingResponse:
-    first = await _snapshot(job_id, caller.scope)
+    first = await job_stream.snapshot(job_id, caller.scope)
     if first is None:
         raise _not_found()
-    return StreamingResponse(
-        _job_events(request, job_id, caller.scope, first),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    hub: EventHub = request.app.state.event_hub
+    return await job_stream.open_stream(request, hub, job_id, caller.scope, caller.key_id, first)

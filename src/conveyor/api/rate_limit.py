@@ -8,6 +8,12 @@ the limit carries `X-RateLimit-Limit` and `X-RateLimit-Remaining`.
 `get_caller` (api/deps.py) applies it to every authenticated route; health and metrics
 routes take no key and are never limited. `api_rate_limit` is the same check as a
 dependency of its own, for routes that authenticate some other way.
+
+Failed authentications are limited per client address as well
+(CONVEYOR_API_AUTH_FAILURES_PER_MINUTE): past the limit, an address gets 429 before its key
+is even looked at, so guessing keys goes no faster than the limit, and a right guess made
+while blocked is not confirmed. Clients behind one proxy share its address unless uvicorn
+trusts the proxy's X-Forwarded-For (--forwarded-allow-ips).
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ import logging
 from fastapi import HTTPException, Request, Response, status
 from redis.exceptions import RedisError
 
-from conveyor.core.rate_limit import Rate, acquire, retry_after_header
-from conveyor.core.settings import get_settings
+from conveyor.core.rate_limit import RATE_PREFIX, Rate, acquire, retry_after_header
+from conveyor.core.redis_client import get_redis
+from conveyor.core.settings import SettingsError, get_settings
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "api:key:"
+# The failures of one client address (a GCRA bucket), and the marker that blocks it.
+AUTH_FAILURE_PREFIX = "api:auth-failures:"
+AUTH_BLOCK_PREFIX = RATE_PREFIX + "api:auth-blocked:"
 
 
 def limit_api_key(key_id: str, response: Response | None = None) -> None:
@@ -55,3 +65,43 @@ def api_rate_limit(request: Request, response: Response) -> None:
     key_id = getattr(caller, "key_id", None)
     if isinstance(key_id, str):
         limit_api_key(key_id, response)
+
+
+def _too_many_failures(per_minute: int, wait: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"too many failed API-key authentications from this address (limit {per_minute} "
+        f"per minute); retry in {wait} s",
+        headers={"Retry-After": wait},
+    )
+
+
+def check_auth_block(address: str) -> None:
+    """Raise 429 while the address is blocked for failing to authenticate too often."""
+    per_minute = get_settings().api_auth_failures_per_minute
+    if per_minute <= 0:
+        return
+    try:
+        left_ms = int(get_redis().pttl(AUTH_BLOCK_PREFIX + address))
+    except (RedisError, SettingsError) as exc:
+        log.warning("failed-authentication limit not checked (no Redis): %s", exc)
+        return
+    if left_ms > 0:
+        raise _too_many_failures(per_minute, retry_after_header(left_ms / 1000))
+
+
+def record_auth_failure(address: str) -> None:
+    """Count a failed authentication; past the limit, block the address and raise 429."""
+    per_minute = get_settings().api_auth_failures_per_minute
+    if per_minute <= 0:
+        return
+    try:
+        decision = acquire(AUTH_FAILURE_PREFIX + address, Rate(per_minute, 60.0, burst=per_minute))
+        if decision.allowed:
+            return
+        block_ms = max(1, round(decision.retry_after * 1000))
+        get_redis().set(AUTH_BLOCK_PREFIX + address, "1", px=block_ms)
+    except (RedisError, SettingsError) as exc:
+        log.warning("failed-authentication limit not counted (no Redis): %s", exc)
+        return
+    raise _too_many_failures(per_minute, retry_after_header(decision.retry_after))

@@ -36,6 +36,7 @@ ENDPOINT_EXAMPLE: dict[str, Any] = {
     "enabled": True,
     "disabled_reason": None,
     "consecutive_failures": 0,
+    "failing_since": None,
     "created_at": "2026-11-25T10:00:00+00:00",
     "updated_at": "2026-11-25T10:00:00+00:00",
 }
@@ -72,7 +73,11 @@ class EndpointUpdate(BaseModel):
     url: str | None = Field(default=None, max_length=service.MAX_URL_LENGTH)
     events: list[str] | None = Field(default=None, min_length=1, max_length=service.MAX_EVENTS)
     enabled: bool | None = Field(
-        default=None, description="true re-enables and resets the failure count."
+        default=None,
+        description=(
+            "true re-enables, resets the failure streak and sends the deliveries held while "
+            "disabled, oldest first; false disables and holds new deliveries."
+        ),
     )
     description: str | None = Field(default=None, max_length=500)
 
@@ -87,7 +92,13 @@ class EndpointOut(BaseModel):
     events: list[str]
     enabled: bool
     disabled_reason: str | None
-    consecutive_failures: int
+    consecutive_failures: int = Field(description="Failed attempts since the last success.")
+    failing_since: str | None = Field(
+        description=(
+            "When the current failure streak began (null after a success); the endpoint is "
+            "disabled once it has lasted CONVEYOR_WEBHOOK_DISABLE_AFTER_SECONDS."
+        )
+    )
     created_at: str | None
     updated_at: str | None
 
@@ -106,11 +117,16 @@ class EndpointPage(BaseModel):
     items: list[EndpointOut]
 
 
+DeliveryStatus = Literal["pending", "succeeded", "failed", "paused", "skipped"]
+
+
 class AttemptOut(BaseModel):
     attempt: int
     status_code: int | None
     duration_ms: float
-    response_excerpt: str | None = Field(description="The first KB of the response body.")
+    response_excerpt: str | None = Field(
+        description="The start of the response body: at most 200 printable characters."
+    )
     error: str | None
     created_at: str | None
 
@@ -165,7 +181,12 @@ class DeliveryOut(BaseModel):
     id: str = Field(description="The webhook-id header: the same on every attempt.")
     endpoint_id: str
     event_type: str
-    status: Literal["pending", "succeeded", "failed", "skipped"]
+    status: DeliveryStatus = Field(
+        description=(
+            "`paused`: held while the endpoint is disabled, sent when it is re-enabled; "
+            "`skipped`: dropped by a disabled endpoint before events were held (old data)."
+        )
+    )
     attempts: int
     last_status_code: int | None
     last_duration_ms: float | None
@@ -265,9 +286,11 @@ def get_endpoint(endpoint_id: str, caller: CallerDep, session: SessionDep) -> di
     responses={**NOT_FOUND, **INVALID},
     summary="Change a webhook endpoint; re-enable a disabled one",
     description=(
-        "Fields left out stay as they are. `enabled: true` re-enables an endpoint disabled "
-        "after repeated failures and resets its failure count; deliveries skipped while it "
-        "was disabled are not re-sent."
+        "Fields left out stay as they are. An endpoint whose deliveries failed, none "
+        "succeeding, for `CONVEYOR_WEBHOOK_DISABLE_AFTER_SECONDS` (5 days) is disabled; its "
+        "events are still recorded, as `paused` deliveries. `enabled: true` re-enables it, "
+        "resets its failure streak and sends the paused deliveries, oldest first, each with "
+        "its retries. `enabled: false` disables it and holds its deliveries the same way."
     ),
 )
 def update_endpoint(
@@ -312,9 +335,7 @@ def list_deliveries(
     caller: CallerDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    delivery_status: Annotated[
-        Literal["pending", "succeeded", "failed", "skipped"] | None, Query(alias="status")
-    ] = None,
+    delivery_status: Annotated[DeliveryStatus | None, Query(alias="status")] = None,
 ) -> dict[str, Any]:
     endpoint = _endpoint(session, caller, endpoint_id)
     rows = service.list_deliveries(session, endpoint.id, limit=limit, status=delivery_status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from conveyor.cli.render import make_console, when
@@ -13,6 +14,7 @@ from conveyor.core import api_keys
 
 app = typer.Typer(help="API keys.", no_args_is_help=True)
 console = make_console()
+errors = make_console(stderr=True)
 
 
 @app.command("create")
@@ -22,17 +24,40 @@ def create(
     ],
     admin: Annotated[bool, typer.Option("--admin", help="See every owner's jobs.")] = False,
     owner: Annotated[
-        str | None, typer.Option(metavar="OWNER", help="Owner of what the key creates.")
+        str | None,
+        typer.Option(
+            metavar="OWNER",
+            help=(
+                "Add the key to this owner (an existing one shares its jobs and idempotency"
+                " keys). Default: a new owner of its own."
+            ),
+        ),
     ] = None,
 ) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
     with ledger_session() as session:
-        new = api_keys.create_key(session, name, owner=owner, admin=admin)
+        try:
+            new = api_keys.create_key(session, name, owner=owner, admin=admin)
+        except api_keys.OwnerConflict as exc:
+            errors.print(
+                f"[red]--owner {escape(exc.owner)}: {escape(str(exc))}; leave out --owner to give"
+                " the key an owner of its own[/red]",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+        except ValueError as exc:
+            errors.print(f"[red]--owner: {escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         record = new.record
+        what = "an admin key" if admin else "a key"
+        verb = "added" if new.existing_owner else "created"
+        whose = "the existing owner" if new.existing_owner else "the new owner"
         console.print(
-            f"created {'admin ' if admin else ''}key {record.id} "
-            f"(owner {record.owner}); it is shown only now:",
+            f"{verb} {what} for {whose} {record.owner}: {record.id} named {record.name};"
+            " it is shown only now:",
             style="dim",
+            highlight=False,
         )
     print(new.plaintext)
 

@@ -72,7 +72,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # A worker killed during a sweep leaves its sweep lock behind; kombu's 5 minutes
             # would hold back every redelivery that long. A sweep takes milliseconds.
             "unacked_mutex_expire": 30,
+            # Above the 1 s queue poll (BRPOP), far below "hung": a frozen Redis is noticed.
+            "socket_timeout": max(5.0, settings.redis_timeout_seconds),
+            "socket_connect_timeout": settings.redis_timeout_seconds,
         },
+        # The result backend too (Celery's default waits two minutes on a frozen Redis).
+        "redis_socket_timeout": max(5.0, settings.redis_timeout_seconds),
+        "redis_socket_connect_timeout": settings.redis_timeout_seconds,
         # Results in Redis are short-lived; the ledger keeps the durable record.
         "result_expires": timedelta(seconds=settings.result_expires),
         # Keep trying to reach the broker at start-up (it may still be booting).
@@ -188,3 +194,24 @@ def get_celery() -> Celery:
                 _app.loader.import_default_modules()
                 _modules_imported = True
     return _app
+
+
+def use_request_timeouts(app: Celery, settings: Settings) -> None:
+    """In a process that answers requests: a publish to a broker that does not answer fails
+    within about CONVEYOR_REDIS_TIMEOUT_SECONDS (the API answers 503), instead of retrying
+    for the whole outage."""
+    timeout = settings.redis_timeout_seconds
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    app.conf.broker_connection_timeout = timeout
+    app.conf.redis_socket_timeout = timeout
+    app.conf.redis_socket_connect_timeout = timeout
+    app.conf.task_publish_retry_policy = {
+        "max_retries": 1,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.2,
+    }

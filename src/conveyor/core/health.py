@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 
 from conveyor.core import db
@@ -19,7 +20,23 @@ def check_database(settings: Settings | None = None) -> str | None:
     return None
 
 
-def check_broker(app: Celery | None = None) -> str | None:
+def check_redis(url: str, what: str, timeout: float) -> str | None:
+    """A real round trip: a frozen Redis accepts connections but never answers them."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        return f"{what} unreachable: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def check_broker(app: Celery | None = None, settings: Settings | None = None) -> str | None:
+    settings = settings or get_settings()
+    if settings.broker.startswith(("redis://", "rediss://")):
+        return check_redis(settings.broker, "broker", settings.redis_timeout_seconds)
     app = app or get_celery()
     try:
         with app.connection_for_write() as connection:
@@ -46,10 +63,10 @@ def check_workers(app: Celery | None = None) -> str | None:
 
 
 def readiness(settings: Settings | None = None) -> dict[str, str | None]:
+    """What the API itself needs. Never workers: an API without workers still accepts jobs,
+    and failing readiness for want of one would take every API instance out of service."""
     settings = settings or get_settings()
-    broker = check_broker()
-    return {
-        "database": check_database(settings),
-        "broker": broker,
-        "workers": check_workers() if broker is None else "skipped: broker unreachable",
-    }
+    checks = {"database": check_database(settings), "broker": check_broker(settings=settings)}
+    if settings.redis != settings.broker:
+        checks["redis"] = check_redis(settings.redis, "redis", settings.redis_timeout_seconds)
+    return checks

@@ -24,8 +24,9 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
                 client = redis.Redis.from_url(
                     settings.redis,
                     decode_responses=True,
-                    socket_timeout=10,
-                    socket_connect_timeout=5,
+                    # Short: a frozen Redis must fail a request in seconds, not hang it.
+                    socket_timeout=settings.redis_timeout_seconds,
+                    socket_connect_timeout=settings.redis_timeout_seconds,
                     health_check_interval=30,
                 )
                 _clients[key] = client

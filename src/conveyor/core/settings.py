@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
     public_base_url: str | None = Field(
         default=None,
-        description="Base of absolute URLs in answers, e.g. https://jobs.example.com; unset: relative.",
+        description="Origin of URLs in answers (https://jobs.example.com); unset: relative URLs.",
     )
     max_body_bytes: int = Field(
         default=1_048_576,
@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         default=512_000,
         ge=10_000,
         description="Memory (KiB) above which a worker process is replaced after its task.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description=(
+            "Socket timeout of every Redis call outside a worker's queue polling: a frozen "
+            "Redis fails a request (503) in this long instead of hanging it."
+        ),
     )
     worker_heartbeat_seconds: float = Field(
         default=10.0,

@@ -43,6 +43,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "worker_prefetch_multiplier",
         "worker_max_tasks_per_child",
         "worker_max_memory_per_child_kib",
+        "redis_timeout_seconds",
         "worker_heartbeat_seconds",
         "worker_lost_after_seconds",
         "reconcile_interval_seconds",

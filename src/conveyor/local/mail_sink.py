@@ -17,8 +17,10 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Any
@@ -87,15 +89,36 @@ class Mailbox:
             (self.directory / f"{message_id}.eml").unlink(missing_ok=True)
         return len(ids)
 
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete these messages; how many there were."""
+        deleted = 0
+        for message_id in ids:
+            path = self._path(message_id)
+            if path is not None and path.is_file():
+                path.unlink(missing_ok=True)
+                deleted += 1
+        return deleted
+
+    def _path(self, message_id: str) -> Path | None:
+        return self.directory / f"{message_id}.eml" if _ID.fullmatch(message_id) else None
+
     def read(self, message_id: str) -> EmailMessage | None:
-        if not _ID.fullmatch(message_id):
-            return None
-        path = self.directory / f"{message_id}.eml"
-        if not path.is_file():
+        path = self._path(message_id)
+        if path is None or not path.is_file():
             return None
         parsed = email.message_from_bytes(path.read_bytes(), policy=default_policy)
         assert isinstance(parsed, EmailMessage)
         return parsed
+
+    def message_id_header(self, message_id: str) -> str | None:
+        """The message's Message-ID header, from its headers alone (no body parsed)."""
+        path = self._path(message_id)
+        if path is None or not path.is_file():
+            return None
+        with path.open("rb") as file:
+            headers = BytesHeaderParser(policy=default_policy).parse(file)
+        value = headers.get("Message-ID")
+        return str(value).strip() if value is not None else None
 
     def summary(self, message_id: str) -> dict[str, Any] | None:
         message = self.read(message_id)

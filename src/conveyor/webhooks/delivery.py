@@ -10,22 +10,29 @@ longer than half the Redis visibility timeout is not, since Redis would hand the
 message to a second worker: the delivery keeps `next_attempt_at` and the Beat task
 `conveyor.webhooks.dispatch_due` publishes it when due. The same dispatcher also picks up
 deliveries whose message was lost, and attempts whose worker died mid-request.
+
+An endpoint is disabled once its deliveries have failed, with no success in between, for
+`CONVEYOR_WEBHOOK_DISABLE_AFTER_SECONDS` (like Svix): a window of time rather than a count,
+so a short outage under heavy traffic is retried, not punished. Its deliveries are then held
+(`paused`) until it is re-enabled.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core.db import session_scope
+from conveyor.core.ledger import as_utc, iso
 from conveyor.core.metrics import webhook_deliveries
 from conveyor.core.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, utcnow
 from conveyor.core.netguard import BlockedDestination, GuardedBackend, NetPolicy, guarded_client
@@ -37,7 +44,8 @@ from conveyor.webhooks.signing import signature_headers
 log = structlog.get_logger("conveyor.webhooks")
 
 USER_AGENT = "Conveyor-Webhooks/0.1"
-EXCERPT_BYTES = 1024
+EXCERPT_BYTES = 1024  # read at most this much of a receiver's answer
+EXCERPT_CHARS = 200  # and keep at most this many printable characters of it
 # An attempt in flight holds the delivery this long past its timeout before the
 # dispatcher assumes its worker died and publishes it again.
 LEASE_MARGIN_SECONDS = 60
@@ -46,6 +54,9 @@ DISPATCH_GRACE_SECONDS = 120
 # After publishing, the dispatcher waits this long before publishing the same one again.
 REPUBLISH_AFTER_SECONDS = 600
 DISPATCH_BATCH = 500
+# A delivery held just as its endpoint was re-enabled is this young at most (a day: even
+# with Beat stopped for hours); older held ones are not looked at on every tick.
+STRAGGLER_AGE = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,21 @@ def fits_countdown(delay: float, settings: Settings) -> bool:
     return delay < settings.visibility_timeout / 2
 
 
+def window_elapsed(failing_since: datetime | None, now: datetime, settings: Settings) -> bool:
+    """Have the endpoint's deliveries failed, none succeeding, for the whole window?"""
+    since = as_utc(failing_since)
+    if since is None:
+        return False
+    return (now - since).total_seconds() >= settings.webhook_disable_after_seconds
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("days", 86_400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f}s"
+
+
 def claim(
     session: Session, delivery_id: str, expected_attempts: int, *, now: datetime, lease: float
 ) -> Claim | None:
@@ -103,10 +129,11 @@ def claim(
         return None
     endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
     if endpoint is None or not endpoint.enabled:
+        # Published before its endpoint was disabled: held with the rest, not attempted.
         session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id)
-            .values(attempts=expected_attempts, status=Status.SKIPPED, next_attempt_at=None)
+            .values(attempts=expected_attempts, status=Status.PAUSED, next_attempt_at=None)
             .execution_options(synchronize_session=False)
         )
         return None
@@ -124,6 +151,17 @@ def encode_body(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def sanitize_excerpt(raw: bytes) -> str:
+    """A short, printable excerpt: a receiver's answer is shown to people (API, dashboard,
+    terminal), so no control characters, line breaks or escape sequences survive."""
+    text = raw.decode("utf-8", errors="replace")
+    # Categories C (controls, format, private use, ...) and Z (separators) become spaces.
+    kept = "".join(
+        char if not unicodedata.category(char).startswith(("C", "Z")) else " " for char in text
+    )
+    return " ".join(kept.split())[:EXCERPT_CHARS]
+
+
 def _excerpt(response: httpx.Response) -> str:
     # Raw bytes, and only the first KB: a receiver's reply never fills memory or the ledger.
     taken = bytearray()
@@ -131,7 +169,7 @@ def _excerpt(response: httpx.Response) -> str:
         taken.extend(chunk[: EXCERPT_BYTES - len(taken)])
         if len(taken) >= EXCERPT_BYTES:
             break
-    return taken.decode("utf-8", errors="replace")
+    return sanitize_excerpt(bytes(taken))
 
 
 def send(
@@ -185,7 +223,7 @@ def send(
 
 
 def disable_endpoint(session: Session, endpoint_id: str, reason: str) -> bool:
-    """Disable the endpoint, skip its pending deliveries and tell the owner; False if it
+    """Disable the endpoint, hold its pending deliveries and tell the owner; False if it
     was disabled already."""
     endpoint = session.scalars(
         update(WebhookEndpoint)
@@ -196,18 +234,14 @@ def disable_endpoint(session: Session, endpoint_id: str, reason: str) -> bool:
     ).first()
     if endpoint is None:
         return False
-    session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == Status.PENDING)
-        .values(status=Status.SKIPPED, next_attempt_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    held = service.hold_pending(session, endpoint_id)
     log.warning(
         "webhooks.endpoint_disabled",
         endpoint_id=endpoint_id,
         owner=endpoint.owner,
         url=endpoint.url,
         reason=reason,
+        held=held,
     )
     # To the owner's other endpoints that asked for it; sent when the caller commits.
     service.emit_event(
@@ -219,17 +253,23 @@ def disable_endpoint(session: Session, endpoint_id: str, reason: str) -> bool:
             "url": endpoint.url,
             "reason": reason,
             "consecutive_failures": endpoint.consecutive_failures,
+            "failing_since": iso(endpoint.failing_since),
         },
     )
     return True
 
 
 def record(
-    session: Session, target: Claim, result: AttemptResult, *, settings: Settings
+    session: Session,
+    target: Claim,
+    result: AttemptResult,
+    *,
+    settings: Settings,
+    now: datetime | None = None,
 ) -> float | None:
     """Log the attempt and settle the delivery; returns a countdown for the retry to
-    publish now, or None (delivered, out of attempts, or left to the dispatcher)."""
-    now = utcnow()
+    publish now, or None (delivered, out of attempts, held, or left to the dispatcher)."""
+    now = now or utcnow()
     if session.get(WebhookDelivery, target.delivery_id) is None:
         return None  # its endpoint was deleted while the request was out
     outcome = "delivered" if result.ok else ("refused" if result.refused else "failed")
@@ -259,26 +299,41 @@ def record(
     )
     endpoint_row = update(WebhookEndpoint).where(WebhookEndpoint.id == target.endpoint_id)
     if result.ok:
+        # Also when the endpoint was disabled while this request was out: the receiver has
+        # it, so it must not be held and sent again.
         session.execute(
-            mine.values(**values, status=Status.SUCCEEDED, delivered_at=now, next_attempt_at=None)
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == target.delivery_id,
+                WebhookDelivery.status.in_((Status.PENDING, Status.PAUSED)),
+                WebhookDelivery.attempts == target.attempt,
+            )
+            .values(**values, status=Status.SUCCEEDED, delivered_at=now, next_attempt_at=None)
         )
-        session.execute(endpoint_row.values(consecutive_failures=0))
+        session.execute(endpoint_row.values(consecutive_failures=0, failing_since=None))
         return None
-    failures = session.scalars(
-        endpoint_row.values(consecutive_failures=WebhookEndpoint.consecutive_failures + 1)
-        .returning(WebhookEndpoint.consecutive_failures)
+    streak = session.execute(
+        endpoint_row.values(
+            consecutive_failures=WebhookEndpoint.consecutive_failures + 1,
+            # The streak begins with its first failure and survives until a success.
+            failing_since=func.coalesce(WebhookEndpoint.failing_since, now),
+        )
+        .returning(WebhookEndpoint.consecutive_failures, WebhookEndpoint.failing_since)
         .execution_options(synchronize_session=False)
     ).first()
-    delay = next_delay(target.attempt, settings)
-    threshold = settings.webhook_disable_after_failures
-    if failures is not None and failures >= threshold:
-        session.execute(mine.values(**values, status=Status.FAILED, next_attempt_at=None))
+    if streak is not None and window_elapsed(streak.failing_since, now, settings):
+        # Held, not failed: it goes out with the rest once the endpoint is re-enabled.
+        session.execute(mine.values(**values, status=Status.PAUSED, next_attempt_at=None))
+        failing_for = (now - (as_utc(streak.failing_since) or now)).total_seconds()
         disable_endpoint(
             session,
             target.endpoint_id,
-            f"{failures} consecutive failed deliveries; last: {result.error}"[:500],
+            f"every delivery failed for {_span(failing_for)} "
+            f"({streak.consecutive_failures} attempts since {iso(streak.failing_since)}); "
+            f"last: {result.error}"[:500],
         )
         return None
+    delay = next_delay(target.attempt, settings)
     if delay is None:
         session.execute(mine.values(**values, status=Status.FAILED, next_attempt_at=None))
         return None
@@ -331,6 +386,7 @@ def due_deliveries(
     """Pending deliveries nobody is taking care of, marked as published; (id, attempts)."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=DISPATCH_GRACE_SECONDS)
+    release_stragglers(session, now=now, due_at=cutoff)
     rows = session.execute(
         select(WebhookDelivery.id, WebhookDelivery.attempts)
         .where(WebhookDelivery.status == Status.PENDING, WebhookDelivery.next_attempt_at <= cutoff)
@@ -354,6 +410,23 @@ def due_deliveries(
         if getattr(taken, "rowcount", 0):
             due.append((str(delivery_id), int(attempts)))
     return due
+
+
+def release_stragglers(session: Session, *, now: datetime, due_at: datetime) -> int:
+    """Make due the deliveries held for an endpoint that is enabled: created by a
+    transaction that saw it disabled and committed after it was re-enabled."""
+    enabled = select(WebhookEndpoint.id).where(WebhookEndpoint.enabled.is_(True))
+    released = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.status == Status.PAUSED,
+            WebhookDelivery.created_at >= now - STRAGGLER_AGE,
+            WebhookDelivery.endpoint_id.in_(enabled),
+        )
+        .values(status=Status.PENDING, next_attempt_at=due_at)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(released, "rowcount", 0) or 0)
 
 
 def dispatch_due(*, now: datetime | None = None) -> int:

@@ -4,6 +4,9 @@ Events become deliveries in the same transaction as whatever caused them (pass y
 session to `emit_event`), and their delivery tasks are published only once that transaction
 commits: a rolled-back change sends nothing, and a committed one is always delivered, since
 the Beat dispatcher publishes any pending delivery whose message was lost.
+
+A disabled endpoint still gets its events, as `paused` deliveries that wait: re-enabling it
+releases them, oldest first. Nothing is lost while its owner fixes the receiver.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core.celery_app import get_celery
@@ -43,6 +46,9 @@ class Status:
     PENDING = "pending"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Held while the endpoint is disabled; pending again when it is re-enabled.
+    PAUSED = "paused"
+    # Only in old data: before events were held, a disabled endpoint's deliveries were dropped.
     SKIPPED = "skipped"
 
 
@@ -97,6 +103,7 @@ def create_endpoint(
         secret=generate_secret(),
         enabled=True,
         consecutive_failures=0,
+        failing_since=None,
         created_at=utcnow(),
         updated_at=utcnow(),
     )
@@ -141,11 +148,16 @@ def update_endpoint(
         endpoint.enabled = True
         endpoint.disabled_reason = None
         endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
     elif enabled is False and endpoint.enabled:
         endpoint.enabled = False
         endpoint.disabled_reason = "disabled through the API"
     endpoint.updated_at = utcnow()
     session.flush()
+    if enabled is True:
+        release_held(session, endpoint.id)
+    elif enabled is False:
+        hold_pending(session, endpoint.id)
     return endpoint
 
 
@@ -168,6 +180,7 @@ def endpoint_to_dict(endpoint: WebhookEndpoint, *, with_secret: bool = False) ->
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
         "consecutive_failures": endpoint.consecutive_failures,
+        "failing_since": iso(endpoint.failing_since),
         "created_at": iso(endpoint.created_at),
         "updated_at": iso(endpoint.updated_at),
     }
@@ -195,35 +208,72 @@ def build_payload(
 def create_delivery(
     session: Session, endpoint: WebhookEndpoint, payload: dict[str, Any]
 ) -> WebhookDelivery:
+    """A delivery sent once the session commits; held (`paused`) if the endpoint is disabled."""
     now = utcnow()
     delivery = WebhookDelivery(
         id=f"msg_{uuid.uuid4().hex}",  # the webhook-id header: the same on every retry
         endpoint_id=endpoint.id,
         event_type=payload["type"],
         payload=payload,
-        status=Status.PENDING,
+        status=Status.PENDING if endpoint.enabled else Status.PAUSED,
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=now if endpoint.enabled else None,
         created_at=now,
     )
     session.add(delivery)
     session.flush()
-    publish_after_commit(session, [(delivery.id, 0)])
+    if endpoint.enabled:
+        publish_after_commit(session, [(delivery.id, 0)])
     return delivery
 
 
 def subscribed_endpoints(session: Session, owner: str, event_type: str) -> list[WebhookEndpoint]:
-    query = select(WebhookEndpoint).where(
-        WebhookEndpoint.owner == owner, WebhookEndpoint.enabled.is_(True)
-    )
+    """The owner's endpoints subscribed to `event_type`, disabled ones too (they hold it)."""
+    query = select(WebhookEndpoint).where(WebhookEndpoint.owner == owner)
     # Few endpoints per owner: filtering the JSON list here works alike on every database.
     return [endpoint for endpoint in session.scalars(query) if event_type in endpoint.events]
+
+
+def hold_pending(session: Session, endpoint_id: str) -> int:
+    """Pause the endpoint's pending deliveries (it was disabled); returns how many."""
+    held = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == Status.PENDING)
+        .values(status=Status.PAUSED, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(held, "rowcount", 0) or 0)
+
+
+def release_held(session: Session, endpoint_id: str) -> list[str]:
+    """Make the endpoint's paused deliveries pending again and publish them, oldest first,
+    once the session commits; returns their ids in that order."""
+    rows = session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.attempts)
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == Status.PAUSED)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).all()
+    if not rows:
+        return []
+    # One statement for the lot; one held by a transaction still committing is left to the
+    # dispatcher, which releases any paused delivery of an enabled endpoint.
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == Status.PAUSED)
+        .values(status=Status.PENDING, next_attempt_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    items = [(str(delivery_id), int(attempts)) for delivery_id, attempts in rows]
+    publish_after_commit(session, items)
+    log.info("webhooks.released", endpoint_id=endpoint_id, deliveries=len(items))
+    return [delivery_id for delivery_id, _ in items]
 
 
 def emit_event(
     session: Session | None, owner: str, event_type: str, data: dict[str, Any]
 ) -> list[str]:
-    """Queue `event_type` for every enabled endpoint of `owner` subscribed to it.
+    """Queue `event_type` for every endpoint of `owner` subscribed to it (held for a
+    disabled one until it is re-enabled).
 
     With a session, the deliveries join its transaction and go out when it commits; with
     None, they are committed (and sent) at once. Returns the delivery ids.

@@ -14,7 +14,11 @@ from conveyor.workloads.email.errors import InvalidInput
 
 MAX_NAME = 200
 MAX_HEADER_VALUE = 998  # RFC 5322's line limit
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Every character str.splitlines() breaks at: the email package splits header values there,
+# so a U+2028 passed here and failed in the worker as a broken header.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+# C0 and C1 controls (tab allowed).
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,10 @@ class Address:
 
 def check_header_value(value: str, field: str, *, max_length: int = MAX_HEADER_VALUE) -> str:
     """A value that becomes (part of) a header: one line, no control characters."""
-    if "\r" in value or "\n" in value:
-        raise InvalidInput(field, "must not contain line breaks (CR or LF)")
+    if _LINE_BREAK.search(value):
+        raise InvalidInput(
+            field, "must not contain line breaks (CR, LF, U+0085, U+2028, U+2029 or the like)"
+        )
     if _CONTROL.search(value):
         raise InvalidInput(field, "must not contain control characters")
     if len(value) > max_length:

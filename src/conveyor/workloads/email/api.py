@@ -9,11 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
+from conveyor.api.paging import Offset
 from conveyor.api.schemas import Problem
 from conveyor.core.ledger import iso
 from conveyor.core.settings import get_settings
 from conveyor.local.mail_sink import Mailbox
-from conveyor.workloads.email import service, suppressions
+from conveyor.workloads.email import dev_mailbox, service, suppressions
 from conveyor.workloads.email.addresses import normalize_email
 from conveyor.workloads.email.errors import InvalidInput
 from conveyor.workloads.email.models import EmailStatus, Suppression
@@ -115,7 +116,7 @@ def get_batch(
     recipients: Annotated[bool, Query(description="Include per-recipient status.")] = False,
     recipient_status: Annotated[str | None, Query(alias="status", max_length=16)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     batch = service.get_batch(session, batch_id, caller.scope)
     if batch is None:
@@ -189,7 +190,7 @@ def list_suppressions(
     session: SessionDep,
     email: Annotated[str | None, Query(max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     entries = suppressions.listing(session, caller.scope, address=email, limit=limit, offset=offset)
     return {"items": [_suppression(entry) for entry in entries]}
@@ -247,12 +248,12 @@ def _mailbox() -> Mailbox:
     responses=NOT_FOUND,
     tags=["dev"],
     summary="Messages the local mail sink captured, newest first",
+    description="An owner's key sees the mail its owner sent; an admin key sees all.",
 )
-def list_mailbox(_: CallerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-    mailbox = _mailbox()
-    ids = list(reversed(mailbox.ids()))[:limit]
-    items = [summary for summary in map(mailbox.summary, ids) if summary is not None]
-    return {"items": items}
+def list_mailbox(
+    caller: CallerDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, Any]:
+    return {"items": dev_mailbox.listing(_mailbox(), session, caller.scope, limit)}
 
 
 @router.get(
@@ -261,8 +262,8 @@ def list_mailbox(_: CallerDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) 
     tags=["dev"],
     summary="One captured message with its parts",
 )
-def get_mailbox_message(message_id: str, _: CallerDep) -> dict[str, Any]:
-    detail = _mailbox().detail(message_id)
+def get_mailbox_message(message_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
+    detail = dev_mailbox.detail(_mailbox(), session, caller.scope, message_id)
     if detail is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "message not found")
     return detail
@@ -273,6 +274,7 @@ def get_mailbox_message(message_id: str, _: CallerDep) -> dict[str, Any]:
     tags=["dev"],
     responses=NOT_FOUND,
     summary="Empty the mailbox",
+    description="An owner's key deletes the mail its owner sent; an admin key deletes all.",
 )
-def clear_mailbox(_: CallerDep) -> dict[str, Any]:
-    return {"deleted": _mailbox().clear()}
+def clear_mailbox(caller: CallerDep, session: SessionDep) -> dict[str, Any]:
+    return {"deleted": dev_mailbox.clear(_mailbox(), session, caller.scope)}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
 from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Problem
+from conveyor.api.urls import public_base_url
 from conveyor.core import ledger
 from conveyor.core.models import Job
 from conveyor.core.settings import get_settings
@@ -163,13 +164,11 @@ def _start(
 
 
 @router.get("/{image_id}", response_model=ImageOut, responses=NOT_FOUND, summary="Get an image")
-def get_image(
-    image_id: str, request: Request, caller: CallerDep, session: SessionDep
-) -> dict[str, Any]:
+def get_image(image_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     image = service.get_image(session, image_id, caller.scope)
     if image is None:
         raise _not_found()
-    return _image_out(session, image, get_storage(), str(request.base_url).rstrip("/"))
+    return _image_out(session, image, get_storage(), public_base_url())
 
 
 def _file_url(storage: Storage, base_url: str, image: Image, key: str, name: str, fmt: str) -> str:

@@ -206,13 +206,43 @@ def _check_dimensions(width: int, height: int, limits: Limits, field: str) -> No
 
 def _check_decodes(data: bytes, field: str) -> None:
     """Decode every byte, shrunk on load (cheap for JPEG, WebP and AVIF), failing on the
-    first sign of truncation or corruption instead of filling in grey."""
+    first warning instead of filling in grey.
+
+    A JPEG cut short and closed with an end marker only warns ("premature end of data
+    segment"), so failing on truncation alone lets it through. A file whose only fault is
+    one of the harmless JPEG quirks below is decoded again, failing on truncation only."""
     try:
-        pyvips.Image.thumbnail_buffer(data, 64, option_string="fail_on=truncated").avg()
+        _decode(data, "warning")
     except pyvips.Error as exc:
-        raise RejectedImage(
-            422, f"{field}: the image is truncated or corrupt ({_why(exc)})"
-        ) from None
+        if not _harmless(exc):
+            raise _corrupt(field, exc) from None
+        try:
+            _decode(data, "truncated")
+        except pyvips.Error as again:
+            raise _corrupt(field, again) from None
+
+
+# libjpeg warnings that lose no pixel: phones and cameras write such files every day.
+HARMLESS_JPEG_WARNINGS = (
+    "extraneous bytes before marker",
+    "invalid sos parameters for sequential jpeg",
+    "bad icc marker",
+    "unknown adobe color transform",
+    "unknown jfif revision",
+)
+
+
+def _decode(data: bytes, fail_on: str) -> None:
+    pyvips.Image.thumbnail_buffer(data, 64, option_string=f"fail_on={fail_on}").avg()
+
+
+def _harmless(exc: pyvips.Error) -> bool:
+    text = str(getattr(exc, "detail", "") or exc).lower()
+    return "vipsjpeg" in text and any(quirk in text for quirk in HARMLESS_JPEG_WARNINGS)
+
+
+def _corrupt(field: str, exc: pyvips.Error) -> RejectedImage:
+    return RejectedImage(422, f"{field}: the image is truncated or corrupt ({_why(exc)})")
 
 
 def _why(exc: pyvips.Error) -> str:

@@ -1,0 +1,193 @@
+"""One Redis pub/sub connection per API process, shared by every open event stream.
+
+A reader task takes each message off the connection and puts it in the queue of every
+stream following that channel. A channel is subscribed while at least one stream follows
+it. Before this, every stream held a Redis connection of its own, and a few hundred open
+streams were a few hundred Redis clients.
+
+    async with hub.follow(job_channel(job_id)) as messages:   # subscribed once entered
+        data = await messages.get()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from conveyor.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# The connection's name in CLIENT LIST, followed by the process id.
+CLIENT_NAME = "conveyor-api-events"
+# Messages kept for a stream that reads slowly; the oldest go first (each event is the
+# whole job, so the newest is what matters).
+QUEUE_SIZE = 64
+# How long `follow` waits for Redis to confirm a subscription before going on without it
+# (the stream still re-reads the ledger every few seconds).
+CONFIRM_SECONDS = 5.0
+# With nothing received for this long, ping; with no answer for three times as long,
+# reconnect (a connection that died silently, without a reset, would wait forever).
+IDLE_PING_SECONDS = 15.0
+READ_SECONDS = 1.0
+
+
+@dataclass
+class _Channel:
+    queues: set[asyncio.Queue[str]] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class EventHub:
+    def __init__(self, redis_url: str | None = None) -> None:
+        self._url = redis_url
+        self.client_name = f"{CLIENT_NAME}-{os.getpid()}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: aioredis.Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._channels: dict[str, _Channel] = {}
+        # One waiter per SUBSCRIBE sent, per channel, in order: Redis confirms each once.
+        self._unconfirmed: dict[str, deque[asyncio.Event]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def channels(self) -> int:
+        return len(self._channels)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
+        """The messages of `channel` while the block runs; subscribed before it starts."""
+        queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        state = await self._add(channel, queue)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.subscribed.wait(), CONFIRM_SECONDS)
+            yield queue
+        finally:
+            # Synchronous, so it also runs in a stream being cancelled by a disconnect.
+            self._remove(channel, queue)
+
+    async def _add(self, channel: str, queue: asyncio.Queue[str]) -> _Channel:
+        if self._loop is not asyncio.get_running_loop():
+            # A new event loop (tests): nothing of the old one can be used in it.
+            self._loop = asyncio.get_running_loop()
+            self._reset()
+        async with self._lock:
+            state = self._channels.get(channel)
+            if state is None:
+                pubsub = await self._connected()
+                state = self._channels[channel] = _Channel()
+                self._unconfirmed.setdefault(channel, deque()).append(state.subscribed)
+                try:
+                    await pubsub.subscribe(channel)
+                except BaseException:
+                    del self._channels[channel]
+                    self._unconfirmed[channel].pop()
+                    raise
+            state.queues.add(queue)
+            return state
+
+    def _remove(self, channel: str, queue: asyncio.Queue[str]) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.queues.discard(queue)
+        if not state.queues:
+            del self._channels[channel]
+            task = asyncio.get_running_loop().create_task(self._unsubscribe(channel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        async with self._lock:
+            # A stream may have followed the channel again meanwhile: then it stays.
+            if channel in self._channels or self._pubsub is None:
+                return
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except RedisError as exc:
+                log.warning("could not unsubscribe from %s: %s", channel, exc)
+
+    async def _connected(self) -> PubSub:
+        if self._pubsub is None:
+            url = self._url or get_settings().redis
+            self._client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                client_name=self.client_name,
+                socket_connect_timeout=5,
+                socket_keepalive=True,
+            )
+            self._pubsub = self._client.pubsub()
+            await self._pubsub.connect()  # type: ignore[no-untyped-call]
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
+        return self._pubsub
+
+    async def _read(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=READ_SECONDS)
+                now = loop.time()
+                if message is not None:
+                    heard = now
+                    self._dispatch(message)
+                elif now - heard > 3 * IDLE_PING_SECONDS and pubsub.connection is not None:
+                    log.warning("no answer from Redis on the event connection; reconnecting")
+                    await pubsub.connection.disconnect()
+                    heard = now
+                elif now - max(heard, pinged) > IDLE_PING_SECONDS:
+                    await pubsub.ping()
+                    pinged = now
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                # Reading again reconnects, and redis-py subscribes the channels again.
+                log.warning("event connection to Redis failed: %s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message.get("type"), message.get("channel")
+        if kind == "subscribe" and isinstance(channel, str):
+            waiting = self._unconfirmed.get(channel)
+            if waiting:
+                waiting.popleft().set()
+                if not waiting:
+                    del self._unconfirmed[channel]
+            return
+        if kind != "message" or not isinstance(channel, str):
+            return
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        for queue in state.queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(str(message["data"]))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._client is not None:
+            await self._client.aclose()
+        self._reset()

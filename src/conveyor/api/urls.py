@@ -1,0 +1,36 @@
+"""Absolute URLs in answers come from CONVEYOR_PUBLIC_BASE_URL, never from the request.
+
+The Host header is whatever the client sends: copied into a URL, a forged one puts the
+sender's origin into links that other people follow, or that a cache keeps for them.
+Unset, answers carry relative URLs (`/api/v1/...`), which resolve against the API's own
+address on the client's side.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.types import Scope
+
+from conveyor.core.settings import Settings, get_settings
+
+
+def public_base_url(settings: Settings | None = None) -> str:
+    """What goes before an absolute path: the configured base URL, or '' (relative)."""
+    return (settings or get_settings()).public_base_url or ""
+
+
+def request_origin(scope: Scope) -> str:
+    """The origin Starlette builds URLs from (scheme and Host header): untrusted."""
+    host = Headers(scope=scope).get("host")
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else ""
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def rebase(url: str, scope: Scope, settings: Settings | None = None) -> str:
+    """`url` with the request's own origin replaced by the public base URL (or removed)."""
+    origin = request_origin(scope)
+    if url == origin or url.startswith(origin + "/"):
+        return public_base_url(settings) + (url[len(origin) :] or "/")
+    return url
