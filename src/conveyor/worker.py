@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conveyor.core.metrics_setup import prepare_multiprocess_dir
 from conveyor.core.preflight import require_task_modules
+from conveyor.core.private import private_dir
 from conveyor.core.settings import SettingsError, get_settings
 
 try:
@@ -11,7 +12,7 @@ try:
     _ = get_settings().broker
     require_task_modules()
     # Beat keeps its schedule file there; a worker its metrics.
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(get_settings().data_dir)
 except SettingsError as exc:
     # One line, not a traceback: Celery would otherwise print the import error in full.
     raise SystemExit(f"conveyor: {exc}") from None

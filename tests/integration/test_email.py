@@ -336,6 +336,42 @@ def test_dev_mailbox_lists_captured_messages_only_when_the_sink_is_on(
     assert "Choose a new password" in detail["html"]
 
 
+def test_dev_mailbox_shows_and_deletes_only_the_owners_own_mail(
+    stack: Stack, mail: MailServer
+) -> None:
+    alice, bob = stack.key_for("mailbox-alice"), stack.key_for("mailbox-bob")
+    for name, key in (("alice", alice), ("bob", bob)):
+        with stack.client(key) as client:
+            accepted = post_email(
+                client, to=[f"{name}-inbox@example.com"], subject=f"for {name}", text="Hi"
+            )
+            stack.wait_job(accepted["job_id"], {"succeeded"})
+    with extra_api(stack, "mailbox-owners", CONVEYOR_MAIL_SINK="true") as base_url:
+
+        def as_(key: str) -> httpx.Client:
+            return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"})
+
+        with as_(alice) as a, as_(bob) as b, as_(stack.admin_key) as root:
+
+            def subjects(client: httpx.Client) -> list[str]:
+                items = client.get("/api/v1/dev/mailbox", params={"limit": 500}).json()["items"]
+                return [item["subject"] for item in items]
+
+            assert subjects(a) == ["for alice"]
+            assert subjects(b) == ["for bob"]
+            assert {"for alice", "for bob"} <= set(subjects(root))
+            [bobs] = b.get("/api/v1/dev/mailbox").json()["items"]
+            assert a.get(f"/api/v1/dev/mailbox/{bobs['id']}").status_code == 404
+            assert b.get(f"/api/v1/dev/mailbox/{bobs['id']}").json()["text"].rstrip() == "Hi"
+            assert root.get(f"/api/v1/dev/mailbox/{bobs['id']}").status_code == 200
+
+            # Another owner's key deletes its own mail, not everyone's.
+            assert a.delete("/api/v1/dev/mailbox").json() == {"deleted": 1}
+            assert subjects(a) == []
+            assert subjects(b) == ["for bob"]
+            assert "for bob" in subjects(root)
+
+
 def test_far_future_send_is_scheduled_and_published_when_due(
     stack: Stack, mail: MailServer
 ) -> None:

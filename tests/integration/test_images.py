@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -210,6 +212,15 @@ def test_a_worker_killed_mid_variant_is_redone(stack: Stack) -> None:
 BAD_UPLOADS = [
     pytest.param(samples.png_bomb(), "bomb.png", "image/png", 422, "100000x100000", id="bomb"),
     pytest.param(samples.truncated_jpeg(), "cut.jpg", "image/jpeg", 422, "truncated", id="cut"),
+    # The probe's file: 12000x4000 declared in a few hundred bytes, closed by an end marker.
+    pytest.param(
+        samples.jpeg_declaring(12_000, 4_000),
+        "big.jpg",
+        "image/jpeg",
+        422,
+        "premature end of data segment",
+        id="declares-more-than-it-has",
+    ),
     pytest.param(samples.png(), "photo.jpg", "image/jpeg", 422, "content is PNG", id="renamed"),
     pytest.param(samples.SVG, "logo.png", "image/png", 415, "SVG document", id="svg"),
     pytest.param(samples.HTML, "cat.jpg", "image/jpeg", 415, "HTML document", id="html"),
@@ -258,6 +269,40 @@ def test_oversized_uploads_and_bad_fields_get_clear_errors(stack: Stack) -> None
         assert client.get(f"/api/v1/images/{uuid.uuid4().hex}").status_code == 404
 
 
+HOSTILE_NAMES = [
+    (b"../../../etc/cron.d/evil.jpg", "evil.jpg"),
+    (b"..\\..\\Windows\\win.jpg", "win.jpg"),
+    (b"shell.php\x00.jpg", "shell.php.jpg"),
+    (b"\x1b[2Jbell\x07.jpg", "[2Jbell.jpg"),
+    ("photo\u202egnp.jpg".encode(), "photognp.jpg"),
+    (b"a" * 3000 + b".jpg", "a" * 124 + ".jpg"),
+]
+
+
+def test_upload_names_are_stored_and_echoed_as_safe_display_names(stack: Stack) -> None:
+    _, client = _owner(stack, "img-names")
+    boundary = "conveyor-names"
+    with client:
+        for raw, expected in HOSTILE_NAMES:
+            # Built by hand: an HTTP client would escape the very bytes under test.
+            body = (
+                f"--{boundary}\r\n".encode()
+                + b'Content-Disposition: form-data; name="file"; filename="'
+                + raw
+                + b'"\r\nContent-Type: image/jpeg\r\n\r\n'
+                + samples.jpeg(64, 48)
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            response = client.post(
+                "/api/v1/images",
+                content=body,
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            )
+            accepted = _accepted(response)
+            assert _image(client, accepted["id"])["filename"] == expected
+        stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=90)
+
+
 def test_an_idempotent_upload_replays_despite_a_new_multipart_boundary(stack: Stack) -> None:
     _, client = _owner(stack, "img-idem")
     data = samples.jpeg(320, 240)
@@ -274,52 +319,198 @@ def test_an_idempotent_upload_replays_despite_a_new_multipart_boundary(stack: St
         stack.wait_job(first.json()["job_id"], {"succeeded"}, timeout=90)
 
 
+class ImageServer:
+    """A plain HTTP server on loopback: a JPEG, a redirect to it, and `/slow`, which sends
+    a byte every 0.2 s for ever, so no single read ever times out."""
+
+    def __init__(self) -> None:
+        self.body = samples.jpeg(640, 480)
+        self.lock = threading.Lock()
+        self.slow_in_flight = 0
+        # (start, end) of each slow request, as the server saw it.
+        self.slow_spans: list[tuple[float, float]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "/photo.jpg")
+                    self.end_headers()
+                elif self.path.startswith("/slow"):
+                    server.trickle(self)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(server.body)))
+                    self.end_headers()
+                    self.wfile.write(server.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def trickle(self, handler: BaseHTTPRequestHandler) -> None:
+        started = time.monotonic()
+        with self.lock:
+            self.slow_in_flight += 1
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "image/jpeg")
+            handler.send_header("Content-Length", str(len(self.body)))
+            handler.end_headers()
+            for byte in self.body[:300]:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up: what the deadline is for
+        finally:
+            with self.lock:
+                self.slow_in_flight -= 1
+                self.slow_spans.append((started, time.monotonic()))
+
+    @property
+    def slow_seconds(self) -> list[float]:
+        return [end - start for start, end in self.slow_spans]
+
+    def most_overlap(self) -> float:
+        """The longest time two slow requests were both open."""
+        spans = sorted(self.slow_spans)
+        return max(
+            (min(a[1], b[1]) - b[0] for i, a in enumerate(spans) for b in spans[i + 1 :]),
+            default=0.0,
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture
-def image_server() -> Iterator[str]:
-    """A plain HTTP server on loopback serving a JPEG and a redirect to it."""
-    body = samples.jpeg(640, 480)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/moved":
-                self.send_response(302)
-                self.send_header("Location", "/photo.jpg")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def image_server() -> Iterator[ImageServer]:
+    server = ImageServer()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
-        server.shutdown()
+        server.close()
 
 
-def test_url_uploads_go_through_the_ssrf_guard(stack: Stack, image_server: str) -> None:
-    owner, client = _owner(stack, "img-url")
+FETCH_DEADLINE = 2.0
+# Loopback is private: the API and the worker must both be allowed to reach it.
+FETCH_ENV = {
+    "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "true",
+    "CONVEYOR_IMAGE_FETCH_TIMEOUT_SECONDS": str(FETCH_DEADLINE),
+}
+
+
+@pytest.fixture
+def fetching_api(stack: Stack) -> Iterator[str]:
+    """The URL of an API, served with a worker, that may fetch images from loopback."""
+    usual = stack.env
+    stack.worker.stop()
+    stack.env = {**usual, **FETCH_ENV}
+    try:
+        stack.start_worker()
+        with extra_api(stack, "images-fetch", **FETCH_ENV) as base_url:
+            yield base_url
+    finally:
+        stack.env = usual
+        stack.worker.stop()
+        stack.start_worker()
+
+
+def _client_of(stack: Stack, base_url: str, prefix: str) -> tuple[str, httpx.Client]:
+    owner = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    headers = {"Authorization": f"Bearer {stack.key_for(owner)}"}
+    return owner, httpx.Client(base_url=base_url, headers=headers, timeout=30)
+
+
+def test_url_uploads_go_through_the_ssrf_guard(
+    stack: Stack, image_server: ImageServer, fetching_api: str
+) -> None:
+    _, client = _owner(stack, "img-url")
     with client:
-        refused = client.post("/api/v1/images", data={"url": f"{image_server}/photo.jpg"})
+        refused = client.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
         assert refused.status_code == 422
         assert refused.json()["detail"].startswith("url: refused 127.0.0.1")
-    key = stack.key_for(owner)
-    with (
-        extra_api(stack, "images-private", CONVEYOR_ALLOW_PRIVATE_NETWORKS="true") as base_url,
-        httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}) as private,
-    ):
-        accepted = _accepted(private.post("/api/v1/images", data={"url": f"{image_server}/moved"}))
+    _, private = _client_of(stack, fetching_api, "img-url")
+    with private:
+        moved = f"{image_server.url}/moved"
+        accepted = _accepted(private.post("/api/v1/images", data={"url": moved}))
+        assert accepted["status"] == "fetching"
         stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=90)
         image = _image(private, accepted["id"])
         assert (image["status"], image["width"], image["height"]) == ("processed", 640, 480)
-        assert image["filename"] == "photo.jpg"
+        assert (image["filename"], image["source_url"]) == ("photo.jpg", moved)
+
+
+def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
+    stack: Stack, image_server: ImageServer, fetching_api: str
+) -> None:
+    _, client = _client_of(stack, fetching_api, "img-slow")
+    with client, stack.client() as admin:
+        started = time.monotonic()
+        response = client.post("/api/v1/images", data={"url": f"{image_server.url}/slow"})
+        assert time.monotonic() - started < 1.0  # answered at once: a worker fetches
+        accepted = _accepted(response)
+        assert accepted["status"] == "fetching"
+        stack.wait_job(accepted["job_id"], {"failed"}, timeout=90)
+        image = _image(client, accepted["id"])
+        assert image["status"] == "failed"
+        assert f"did not send the image within {FETCH_DEADLINE:g} s" in image["error"]
+        assert all(v["status"] == "failed" for v in image["variant_progress"])
+        letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
+        letter = next(
+            item
+            for item in letters
+            if item["task_name"] == "conveyor.workloads.images.fetch"
+            and item["kwargs"].get("image_id") == accepted["id"]
+        )
+        assert "did not send the image within" in letter["error"]["message"]
+        assert letter["attempts"] == 3  # two retries: a slow server may recover
+    # A byte every 0.2 s never trips a per-read timeout; the whole-fetch deadline cut each
+    # attempt off (plus a little for the server to notice the closed connection).
+    assert len(image_server.slow_seconds) == 3
+    assert max(image_server.slow_seconds) < FETCH_DEADLINE + 1.0
+
+
+def test_one_owners_slow_urls_never_hold_up_another_owner(
+    stack: Stack, image_server: ImageServer, fetching_api: str
+) -> None:
+    _, greedy = _client_of(stack, fetching_api, "img-greedy")
+    _, other = _client_of(stack, fetching_api, "img-other")
+    with greedy, other:
+
+        def send_slow(n: int) -> float:
+            started = time.monotonic()
+            url = f"{image_server.url}/slow?n={n}"
+            _accepted(greedy.post("/api/v1/images", data={"url": url}))
+            return time.monotonic() - started
+
+        with ThreadPoolExecutor(12) as pool:
+            waits = list(pool.map(send_slow, range(12)))
+        assert max(waits) < 5.0, waits  # 12 at once, none held by a fetch
+        wait_for(lambda: image_server.slow_in_flight, 20, "a slow fetch to start")
+
+        started = time.monotonic()
+        response = other.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
+        assert time.monotonic() - started < 1.0
+        accepted = _accepted(response)
+        stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=60)
+        assert _image(other, accepted["id"])["status"] == "processed"
+        done_after = time.monotonic() - started
+        # The greedy owner's fetches ran one at a time (the server notices a closed
+        # connection at its next write, 0.2 s on), and are far from done.
+        assert image_server.most_overlap() < 0.5, image_server.slow_spans
+        assert len(image_server.slow_spans) < 12, done_after
 
 
 @pytest.fixture

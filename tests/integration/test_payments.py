@@ -12,7 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
+import redis
+from sqlalchemy import Text, cast, func, inspect, select, update
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 
 from conveyor.core import db
 from conveyor.core.celery_app import get_celery
@@ -321,6 +324,94 @@ def test_20_concurrent_refunds_of_10_against_100_exactly_10_succeed(
         assert total == expected
 
 
+# --- no card number kept ---------------------------------------------------------------------
+
+
+def _tables_holding(text_: str) -> list[str]:
+    """`table.column` for every column of every table whose text contains `text_`."""
+    engine = db.get_engine()
+    found = []
+    with engine.connect() as connection:
+        for name in inspect(engine).get_table_names():
+            for column in inspect(engine).get_columns(name):
+                where = cast(sql_column(column["name"]), Text).like(f"%{text_}%")
+                count = connection.scalar(
+                    select(func.count()).select_from(sql_table(name)).where(where)
+                )
+                if count:
+                    found.append(f"{name}.{column['name']}")
+    return found
+
+
+def _redis_keys_holding(text_: str) -> list[str]:
+    client = redis.Redis.from_url(stack_redis_url())
+    found = []
+    for key in client.scan_iter(count=500):
+        text_of_key = " ".join(str(value) for value in _redis_values(client, key))
+        if text_ in text_of_key:
+            found.append(str(key))
+    return found
+
+
+def _redis_values(client: redis.Redis, key: Any) -> list[Any]:
+    kind = client.type(key).decode()
+    if kind == "string":
+        return [client.get(key)]
+    if kind == "hash":
+        return list(client.hgetall(key).items())
+    if kind == "list":
+        return list(client.lrange(key, 0, -1))
+    if kind == "set":
+        return list(client.smembers(key))
+    if kind == "zset":
+        return list(client.zrange(key, 0, -1))
+    if kind == "stream":
+        entries: Any = client.xrange(key)
+        return list(entries)
+    return []
+
+
+def stack_redis_url() -> str:
+    from conveyor.core.settings import get_settings
+
+    return get_settings().redis
+
+
+def test_the_readme_flow_keeps_no_card_number_in_the_database_redis_or_logs(
+    stack: Stack, payments: Payments
+) -> None:
+    number = cards.CARD_SUCCEEDS
+    body = {"amount": 1999, "currency": "USD", "customer_id": "cus_1", "payment_method": number}
+    with payments.client() as client:
+        created = client.post(PATH, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert created.status_code == 202, created.text
+        payment = created.json()
+        assert (payment["payment_method"], payment["card"]) == (
+            cards.PM_SUCCEEDS,
+            {"brand": "visa", "last4": "4242"},
+        )
+        payments.wait_payment(client, payment["id"], {"succeeded"})
+        refund = client.post(
+            f"{PATH}/{payment['id']}/refunds",
+            json={"amount": 500},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
+        assert refund.status_code == 202, refund.text
+
+        def refunded() -> dict[str, Any] | None:
+            shown: dict[str, Any] = client.get(f"{PATH}/{payment['id']}").json()
+            return shown if shown["amount_refunded"] == 500 else None
+
+        shown = wait_for(refunded, 60, "the refund to succeed")
+        assert shown["card"] == {"brand": "visa", "last4": "4242"}
+        assert number not in str(shown)
+    assert _tables_holding(number) == []
+    assert _redis_keys_holding(number) == []
+    logs = {path.name: path.read_text(errors="replace") for path in stack.tmp.glob("*.log")}
+    assert {"worker.log", "sandbox.log"} <= set(logs)
+    assert [name for name, text_ in logs.items() if number in text_] == []
+
+
 # --- reconciliation --------------------------------------------------------------------------
 
 
@@ -331,7 +422,7 @@ def test_reconciliation_settles_stuck_payments_and_lists_the_rest_for_review(
         stuck = [
             service.create_payment(
                 session,
-                service.NewPayment(payments.owner, "cus_stuck", 500, "USD", cards.CARD_SUCCEEDS),
+                service.NewPayment(payments.owner, "cus_stuck", 500, "USD", cards.PM_SUCCEEDS),
                 job_id=str(uuid.uuid4()),
             ).id
             for _ in range(2)
@@ -345,7 +436,7 @@ def test_reconciliation_settles_stuck_payments_and_lists_the_rest_for_review(
     # `charged` reached the gateway before its worker vanished; `lost` never did.
     reply = httpx.post(
         f"{payments.sandbox_url}/v1/charges",
-        json={"amount": 500, "currency": "USD", "payment_method": cards.CARD_SUCCEEDS,
+        json={"amount": 500, "currency": "USD", "payment_method": cards.PM_SUCCEEDS,
               "customer_id": "cus_stuck"},
         headers={"Idempotency-Key": charged},
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """`conveyor keys create`: a key named like the bootstrap admin is not the bootstrap admin.
 
 The CLI runs in process (CliRunner) on a SQLite ledger; the API answers through a
-TestClient on the same ledger, with its rate limit off so no Redis is needed.
+TestClient on the same ledger, with its rate limits off so no Redis is needed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ def bootstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     key = api_keys.generate_plaintext()
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", "sqlite:///" + (tmp_path / "c.db").as_posix())
     monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT_PER_MINUTE", "0")
+    monkeypatch.setenv("CONVEYOR_API_AUTH_FAILURES_PER_MINUTE", "0")
+    # The app configures Celery when built; nothing here may reach a Redis (port 1: none).
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("CONVEYOR_BOOTSTRAP_API_KEY", key)
     get_settings.cache_clear()
     Base.metadata.create_all(db.get_engine())

@@ -15,7 +15,12 @@ import pytest
 
 from conveyor.core.rate_limit import Bucket, Decision
 from conveyor.local.mail_sink import Mailbox, SinkHandler
-from conveyor.workloads.email.addresses import Address, parse_address, parse_addresses
+from conveyor.workloads.email.addresses import (
+    Address,
+    check_header_value,
+    parse_address,
+    parse_addresses,
+)
 from conveyor.workloads.email.errors import InvalidInput
 from conveyor.workloads.email.html_text import html_to_text
 from conveyor.workloads.email.limits import RESERVE_HORIZON, EmailLimits, Pacer, as_rate
@@ -268,3 +273,36 @@ def test_the_long_running_sink_keeps_messages_on_disk_not_in_memory(tmp_path: Pa
     message = Mailbox(tmp_path).read(saved[0])
     assert message is not None
     assert message["Subject"] == "hi"
+
+
+def _refused_by_the_email_package(char: str) -> bool:
+    try:
+        build_message(_draft(subject=f"Hello{char}Ada")).as_bytes()
+    except ValueError:
+        return True
+    return False
+
+
+def test_header_values_refuse_every_character_the_email_package_breaks_lines_at() -> None:
+    # Passing the API and then failing in the worker was a dead letter for bad input.
+    # Latin-1, the General Punctuation block (U+2028 and U+2029) and a few odd spaces.
+    codes = [*range(0x200), *range(0x2000, 0x2070), 0x3000, 0xFEFF]
+    breaking = [chr(code) for code in codes if _refused_by_the_email_package(chr(code))]
+    assert {"\r", "\n", "\u0085", "\u2028", "\u2029"} <= set(breaking)
+    for char in breaking:
+        with pytest.raises(InvalidInput, match="must not contain line breaks") as caught:
+            check_header_value(f"Hello{char}Ada", "subject")
+        assert caught.value.field == "subject"
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x9b"])
+def test_header_values_refuse_c0_and_c1_controls(char: str) -> None:
+    with pytest.raises(InvalidInput, match="control characters"):
+        check_header_value(f"Hello{char}Ada", "reply_to")
+
+
+def test_display_names_with_a_line_separator_are_refused() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_address("Ada\u2028Lovelace <ada@example.com>", "from")
+    assert caught.value.field == "from"
+    assert check_header_value("Tab\tand ünïcode", "subject") == "Tab\tand ünïcode"

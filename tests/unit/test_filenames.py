@@ -41,4 +41,5 @@ def test_long_names_are_cut_and_keep_their_extension() -> None:
     assert len(name) == MAX_DISPLAY_NAME
     assert name.endswith("x.jpeg")
     odd = display_name("y" * 500 + "." + "z" * 40)
-    assert odd is not None and len(odd) == MAX_DISPLAY_NAME
+    assert odd is not None
+    assert len(odd) == MAX_DISPLAY_NAME

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from conveyor.api.app import create_app
 from conveyor.core import api_keys, db
@@ -46,6 +46,8 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
     monkeypatch.setenv("CONVEYOR_PAYMENTS_GATEWAY_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT_PER_MINUTE", "0")
+    # A closed port: the app is built with a broker URL, and nothing here publishes.
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
     get_settings.cache_clear()
     Base.metadata.create_all(db.get_engine())
     with db.session_scope() as session:
@@ -58,7 +60,7 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 def captured(owner: str, amount: int = 100, currency: str = "USD") -> str:
     """A payment that succeeded, straight in the database."""
     with db.session_scope() as session:
-        new = service.NewPayment(owner, "cus_1", amount, currency, "4242424242424242")
+        new = service.NewPayment(owner, "cus_1", amount, currency, "pm_card_visa")
         payment = service.create_payment(session, new, job_id="job")
         session.execute(
             update(Payment)
@@ -68,7 +70,8 @@ def captured(owner: str, amount: int = 100, currency: str = "USD") -> str:
         return payment.id
 
 
-GOOD = {"amount": 1999, "currency": "USD", "customer_id": "cus_1", "payment_method": "4242"}
+CARD = "4242424242424242"
+GOOD = {"amount": 1999, "currency": "USD", "customer_id": "cus_1", "payment_method": CARD}
 
 
 @pytest.mark.parametrize(
@@ -86,6 +89,8 @@ GOOD = {"amount": 1999, "currency": "USD", "customer_id": "cus_1", "payment_meth
         ({"currency": "US"}, "currency", "unknown ISO 4217 currency"),
         ({"customer_id": ""}, "customer_id", ""),
         ({"payment_method": ""}, "payment_method", ""),
+        ({"payment_method": "4242"}, "payment_method", "payment method id such as pm_card_visa"),
+        ({"payment_method": "4242424242424241"}, "payment_method", "not a valid card number"),
         ({"surprise": 1}, "surprise", "unknown field"),
     ],
 )
@@ -99,8 +104,24 @@ def test_bad_payment_is_422_naming_the_field(
     assert words in detail
 
 
+def test_stripe_refuses_a_raw_card_number_without_echoing_it(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_PAYMENTS_GATEWAY", "stripe")
+    get_settings.cache_clear()
+    for number in (CARD, "4242 4242 4242 4242"):
+        response = api.post("/api/v1/payments", {**GOOD, "payment_method": number})
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("payment_method: card numbers are not accepted")
+        assert "pm_" in detail
+        assert "4242" not in response.text
+    with db.session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Payment)) == 0
+
+
 def test_missing_amount_and_currency_are_both_named(api: Api) -> None:
-    response = api.post("/api/v1/payments", {"customer_id": "c", "payment_method": "4242"})
+    response = api.post("/api/v1/payments", {"customer_id": "c", "payment_method": CARD})
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "amount: Field required" in detail
@@ -131,7 +152,7 @@ def test_refund_above_what_is_left_is_422_naming_amount(api: Api) -> None:
 
 def test_refund_of_a_pending_payment_is_409(api: Api) -> None:
     with db.session_scope() as session:
-        new = service.NewPayment("alice", "c", 100, "USD", "4242424242424242")
+        new = service.NewPayment("alice", "c", 100, "USD", "pm_card_visa")
         payment_id = service.create_payment(session, new, job_id="job").id
     response = api.post(f"/api/v1/payments/{payment_id}/refunds", {"amount": 10})
     assert response.status_code == 409
@@ -171,7 +192,7 @@ def gateway_event(event: dict[str, Any], secret: str = SECRET) -> tuple[bytes, d
 
 def test_gateway_events_are_verified_and_applied_once(api: Api) -> None:
     with db.session_scope() as session:
-        new = service.NewPayment("alice", "c", 250, "USD", "4242424242424242")
+        new = service.NewPayment("alice", "c", 250, "USD", "pm_card_visa")
         payment_id = service.create_payment(session, new, job_id="job").id
     event = {
         "id": f"evt_{uuid.uuid4().hex}",

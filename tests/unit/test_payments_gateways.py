@@ -102,7 +102,7 @@ def sandbox(**settings: Any) -> tuple[TestClient, SandboxGateway]:
     return client, SandboxGateway("http://sandbox", timeout=5, client=client)
 
 
-def charge(key: str, method: str = cards.CARD_SUCCEEDS, amount: int = 500) -> ChargeRequest:
+def charge(key: str, method: str = cards.PM_SUCCEEDS, amount: int = 500) -> ChargeRequest:
     return ChargeRequest(key, amount, "EUR", method, "cus_1")
 
 
@@ -125,12 +125,12 @@ def test_sandbox_charges_once_per_key_and_refuses_other_params() -> None:
 
 def test_sandbox_test_cards() -> None:
     client, gateway = sandbox()
-    declined = gateway.charge(charge("pay_d", cards.CARD_DECLINED))
+    declined = gateway.charge(charge("pay_d", cards.PM_DECLINED))
     assert (declined.status, declined.failure_code) == ("failed", "card_declined")
     with pytest.raises(GatewayUnavailable, match="500"):
-        gateway.charge(charge("pay_f", cards.CARD_FAILS_ONCE))
+        gateway.charge(charge("pay_f", cards.PM_FAILS_ONCE))
     assert gateway.find_charge("pay_f") is None  # nothing was charged
-    assert gateway.charge(charge("pay_f", cards.CARD_FAILS_ONCE)).status == "succeeded"
+    assert gateway.charge(charge("pay_f", cards.PM_FAILS_ONCE)).status == "succeeded"
     assert client.get("/stats").json()["succeeded"] == 1
 
 
@@ -159,13 +159,13 @@ def live_sandbox() -> Iterator[str]:
 def test_sandbox_slow_card_charges_then_answers_after_the_client_gave_up(live_sandbox: str) -> None:
     gateway = SandboxGateway(live_sandbox, timeout=0.3)
     with pytest.raises(GatewayTimeout):
-        gateway.charge(charge("pay_slow", cards.CARD_TIMES_OUT))
+        gateway.charge(charge("pay_slow", cards.PM_TIMES_OUT))
     found = gateway.find_charge("pay_slow")
     assert found is not None
     assert found.status == "succeeded"
     # Asking again under the same key replays the answer at once, without a second charge.
     assert SandboxGateway(live_sandbox, timeout=1.0).charge(
-        charge("pay_slow", cards.CARD_TIMES_OUT)
+        charge("pay_slow", cards.PM_TIMES_OUT)
     )
     stats = httpx.get(f"{live_sandbox}/stats", params={"key": "pay_slow"}).json()
     assert stats["key"]["charges"] == 1
@@ -207,7 +207,7 @@ def test_sandbox_posts_signed_events(recorder: Recorder) -> None:
     with TestClient(app) as client:
         client.post(
             "/v1/charges",
-            json={"amount": 5, "currency": "USD", "payment_method": cards.CARD_SUCCEEDS},
+            json={"amount": 5, "currency": "USD", "payment_method": cards.PM_SUCCEEDS},
             headers={"Idempotency-Key": "pay_ev"},
         )
         deadline = time.monotonic() + 5
@@ -254,6 +254,20 @@ def test_stripe_charge_is_a_confirmed_intent_keyed_by_the_payment(recorder: Reco
     assert sent.form["confirm"] == ["true"]
     assert sent.form["customer"] == ["cus_9"]
     assert sent.form["metadata[payment_id]"] == ["pay_abc"]
+
+
+def test_stripe_charge_reports_the_cards_brand_and_last_four(recorder: Recorder) -> None:
+    charge_object = {
+        "id": "ch_1",
+        "object": "charge",
+        "payment_method_details": {"type": "card", "card": {"brand": "visa", "last4": "4242"}},
+    }
+    recorder.replies.append((200, {**INTENT, "latest_charge": charge_object}))
+    result = stripe_gateway(recorder).charge(
+        ChargeRequest("pay_abc", 1999, "USD", "pm_card_visa", "cus_9")
+    )
+    assert (result.card_brand, result.card_last4) == ("visa", "4242")
+    assert recorder.seen[0].form["expand[0]"] == ["latest_charge"]
 
 
 def test_stripe_decline_is_a_failed_result(recorder: Recorder) -> None:

@@ -49,11 +49,11 @@ PG_ADMIN_URL = os.environ.get(
 )
 # Mostly cards that succeed, so that refunds have something to work on.
 CARDS = [
-    cards.CARD_SUCCEEDS,
-    cards.CARD_SUCCEEDS,
-    cards.CARD_DECLINED,
-    cards.CARD_FAILS_ONCE,
-    cards.CARD_TIMES_OUT,
+    cards.PM_SUCCEEDS,
+    cards.PM_SUCCEEDS,
+    cards.PM_DECLINED,
+    cards.PM_FAILS_ONCE,
+    cards.PM_TIMES_OUT,
 ]
 CHARGE_CRASHES = [None, "requested", "returned", "settling"]
 REFUND_CRASHES = [None, "before", "after"]
@@ -260,7 +260,7 @@ def test_a_crash_between_gateway_and_save_is_recovered_without_a_second_charge(
     gateway = InProcessGateway(sandbox)
     with sessions() as session:
         payment_id = service.create_payment(
-            session, service.NewPayment("o", "c", 700, "JPY", cards.CARD_SUCCEEDS), job_id="j"
+            session, service.NewPayment("o", "c", 700, "JPY", cards.PM_SUCCEEDS), job_id="j"
         ).id
         session.commit()
     for point in ("returned", "settling"):

@@ -36,7 +36,7 @@ def gateway(sandbox: SandboxCore) -> InProcessGateway:
     return InProcessGateway(sandbox, timeout=5.0)
 
 
-def new_payment(sessions: Sessions, method: str = cards.CARD_SUCCEEDS, amount: int = 1999) -> str:
+def new_payment(sessions: Sessions, method: str = cards.PM_SUCCEEDS, amount: int = 1999) -> str:
     with sessions() as session:
         payment = service.create_payment(
             session,
@@ -73,10 +73,19 @@ def test_charge_succeeds_once_and_books_one_entry(
     assert sandbox.stats(payment_id)["key"]["charges"] == 1
 
 
+def test_the_gateways_card_details_fill_in_what_the_api_did_not_know(
+    sessions: Sessions, gateway: InProcessGateway
+) -> None:
+    payment_id = new_payment(sessions, "pm_card_mastercard")
+    processing.charge(sessions, gateway, payment_id)
+    row = payment(sessions, payment_id)
+    assert (row.card_brand, row.card_last4) == ("mastercard", "4444")
+
+
 def test_decline_fails_the_payment_without_retry(
     sessions: Sessions, gateway: InProcessGateway
 ) -> None:
-    payment_id = new_payment(sessions, cards.CARD_DECLINED)
+    payment_id = new_payment(sessions, cards.PM_DECLINED)
     result = processing.charge(sessions, gateway, payment_id)
     assert result["status"] == "failed"
     row = payment(sessions, payment_id)
@@ -89,7 +98,7 @@ def test_timeout_is_settled_by_status_check_not_a_second_charge(
 ) -> None:
     gateway = InProcessGateway(sandbox, timeout=1.0)
     sandbox.config.slow_seconds = 5.0
-    payment_id = new_payment(sessions, cards.CARD_TIMES_OUT)
+    payment_id = new_payment(sessions, cards.PM_TIMES_OUT)
     with pytest.raises(GatewayTimeout):
         processing.charge(sessions, gateway, payment_id)
     assert payment(sessions, payment_id).state == "processing"
@@ -103,7 +112,7 @@ def test_timeout_is_settled_by_status_check_not_a_second_charge(
 def test_5xx_before_charging_is_retried_with_the_same_key(
     sessions: Sessions, gateway: InProcessGateway, sandbox: SandboxCore
 ) -> None:
-    payment_id = new_payment(sessions, cards.CARD_FAILS_ONCE)
+    payment_id = new_payment(sessions, cards.PM_FAILS_ONCE)
     with pytest.raises(GatewayUnavailable):
         processing.charge(sessions, gateway, payment_id)
     processing.charge(sessions, gateway, payment_id)

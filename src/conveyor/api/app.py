@@ -21,9 +21,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.api import dead_letters, diagnostics, files, health, jobs, webhooks
 from conveyor.api.event_hub import EventHub
 from conveyor.api.limits import BodySizeLimit
+from conveyor.api.outage import FailFastDuringOutage
 from conveyor.api.security import API_HEADERS, SecurityHeaders
-from conveyor.core.celery_app import get_celery, use_request_timeouts
+from conveyor.core.celery_app import use_request_timeouts
 from conveyor.core.metrics import http_latency, http_requests
+from conveyor.core.redis_client import note_outage
 from conveyor.core.settings import Settings, get_settings
 from conveyor.workloads.email import api as email_api
 from conveyor.workloads.images import api as images_api
@@ -88,6 +90,8 @@ async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
     """A broker or database outage is the server's problem, and temporary: 503, not 500."""
     # Redis errors count as the broker's: Redis is the broker, or stands beside it.
     what = "database" if isinstance(exc, SQLAlchemyOperationalError) else "broker"
+    if what == "broker":
+        note_outage()
     log.error("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
     return JSONResponse(
         {"detail": f"the {what} is unavailable; try again shortly"},
@@ -141,7 +145,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    use_request_timeouts(get_celery(), settings)
+    use_request_timeouts()
     app = FastAPI(
         lifespan=_lifespan,
         title="Conveyor",
@@ -171,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "/api/v1/files": settings.file_max_upload_bytes + 64 * 1024,
         },
     )
+    app.add_middleware(FailFastDuringOutage)
     app.add_middleware(RequestMetrics)
     docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     app.add_middleware(SecurityHeaders, docs_paths=[path for path in docs if path])

@@ -65,10 +65,6 @@ class EventHub:
         self._unconfirmed: dict[str, deque[asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def channels(self) -> int:
-        return len(self._channels)
-
     @contextlib.asynccontextmanager
     async def follow(self, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
         """The messages of `channel` while the block runs; subscribed before it starts."""

@@ -123,7 +123,12 @@ class EventStream(StreamingResponse):
 
 
 async def open_stream(
-    request: Request, hub: EventHub, job_id: str, owner: str | None, key_id: str, first: Any
+    request: Request,
+    hub: EventHub,
+    job_id: str,
+    owner: str | None,
+    key_id: str,
+    first: dict[str, Any],
 ) -> EventStream:
     """A place for the stream (429 if its key has none left), then the subscription:
     both before the first byte, so a full key or a Redis outage is a plain error answer."""

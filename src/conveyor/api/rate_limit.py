@@ -99,9 +99,10 @@ def record_auth_failure(address: str) -> None:
         decision = acquire(AUTH_FAILURE_PREFIX + address, Rate(per_minute, 60.0, burst=per_minute))
         if decision.allowed:
             return
-        block_ms = max(1, round(decision.retry_after * 1000))
-        get_redis().set(AUTH_BLOCK_PREFIX + address, "1", px=block_ms)
+        wait = retry_after_header(decision.retry_after)
+        # Blocked for as long as the answer says, in whole seconds.
+        get_redis().set(AUTH_BLOCK_PREFIX + address, "1", ex=int(wait))
     except (RedisError, SettingsError) as exc:
         log.warning("failed-authentication limit not counted (no Redis): %s", exc)
         return
-    raise _too_many_failures(per_minute, retry_after_header(decision.retry_after))
+    raise _too_many_failures(per_minute, wait)

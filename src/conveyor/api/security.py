@@ -77,7 +77,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 self._add(scope, headers)
-                if self._is_page(headers) and scope.get("path") in self.docs_paths:
+                if self._is_page(headers) and self._app_path(scope) in self.docs_paths:
                     held = message  # the policy needs the body's scripts
                     return
             elif held is not None and message["type"] == "http.response.body":
@@ -93,6 +93,12 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, secure)
+
+    @staticmethod
+    def _app_path(scope: Scope) -> str:
+        """The path without the --root-path prefix (servers differ on including it)."""
+        path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+        return path[len(root) :] if root and path.startswith(root) else path
 
     @staticmethod
     def _is_page(headers: MutableHeaders) -> bool:

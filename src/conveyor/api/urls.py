@@ -14,9 +14,13 @@ from starlette.types import Scope
 from conveyor.core.settings import Settings, get_settings
 
 
-def public_base_url(settings: Settings | None = None) -> str:
-    """What goes before an absolute path: the configured base URL, or '' (relative)."""
-    return (settings or get_settings()).public_base_url or ""
+def public_base_url(scope: Scope | None = None, settings: Settings | None = None) -> str:
+    """What goes before an API path: the configured base URL (any path prefix included), or
+    else just the prefix the app is mounted under (--root-path), for a relative URL."""
+    configured = (settings or get_settings()).public_base_url
+    if configured:
+        return configured
+    return str(scope.get("root_path", "")).rstrip("/") if scope is not None else ""
 
 
 def request_origin(scope: Scope) -> str:
@@ -31,6 +35,10 @@ def request_origin(scope: Scope) -> str:
 def rebase(url: str, scope: Scope, settings: Settings | None = None) -> str:
     """`url` with the request's own origin replaced by the public base URL (or removed)."""
     origin = request_origin(scope)
-    if url == origin or url.startswith(origin + "/"):
-        return public_base_url(settings) + (url[len(origin) :] or "/")
-    return url
+    if not (url == origin or url.startswith(origin + "/")):
+        return url
+    path = url[len(origin) :] or "/"
+    root = str(scope.get("root_path", "")).rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :] or "/"  # public_base_url() puts the prefix back
+    return public_base_url(scope, settings) + path

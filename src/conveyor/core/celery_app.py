@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
+from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 from kombu import Queue
 
 from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, get_settings
@@ -163,15 +164,20 @@ class SettingsConfiguredCelery(Celery):
     leaving an app configured without a broker.
     """
 
+    # Set in API processes (use_request_timeouts): requests get short broker timeouts.
+    answers_requests = False
+
     def _load_config(self) -> Any:
         settings = get_settings()
         config = {**celery_config(settings), "include": task_modules(settings)}
         conf = super()._load_config()  # type: ignore[misc]
         conf.add_defaults(config)  # below anything set on the app explicitly
+        if self.answers_requests:
+            _apply_request_timeouts(self, settings)
         return conf
 
 
-def _create_current_app() -> Celery:
+def _create_current_app() -> SettingsConfiguredCelery:
     # Made current at import, configured on first use: importing a task module (which imports
     # this one) is enough for `.delay()` to reach Conveyor's broker, not Celery's default app,
     # and settings are read only once something is sent.
@@ -196,10 +202,16 @@ def get_celery() -> Celery:
     return _app
 
 
-def use_request_timeouts(app: Celery, settings: Settings) -> None:
+def use_request_timeouts() -> None:
     """In a process that answers requests: a publish to a broker that does not answer fails
     within about CONVEYOR_REDIS_TIMEOUT_SECONDS (the API answers 503), instead of retrying
-    for the whole outage."""
+    for the whole outage. Applied when the app is configured (settings are not read here)."""
+    _app.answers_requests = True
+    if getattr(_app, "configured", False):
+        _apply_request_timeouts(_app, get_settings())
+
+
+def _apply_request_timeouts(app: Celery, settings: Settings) -> None:
     timeout = settings.redis_timeout_seconds
     app.conf.broker_transport_options = {
         **app.conf.broker_transport_options,
@@ -207,10 +219,16 @@ def use_request_timeouts(app: Celery, settings: Settings) -> None:
         "socket_connect_timeout": timeout,
     }
     app.conf.broker_connection_timeout = timeout
+    # Workers wait for the broker for ever; a request must not (0 would mean for ever too).
+    app.conf.broker_connection_max_retries = 1
     app.conf.redis_socket_timeout = timeout
     app.conf.redis_socket_connect_timeout = timeout
+    # Requests never wait for a result, so the result backend need not subscribe to every job
+    # sent (a round trip each, and a minute of retries, then a dead consumer, when Redis
+    # hangs). Celery skips that where joining a result would block, as in its workers.
+    _set_task_join_will_block(True)
     app.conf.task_publish_retry_policy = {
-        "max_retries": 1,
+        "max_retries": 0,
         "interval_start": 0,
         "interval_step": 0.2,
         "interval_max": 0.2,

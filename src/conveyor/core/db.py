@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.core.private import private_file
 from conveyor.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,21 @@ _engines: dict[tuple[int, str], Engine] = {}
 _factories: dict[tuple[int, str], sessionmaker[Session]] = {}
 
 
+def prepare_sqlite_file(url: str) -> None:
+    """Create a SQLite database file (and its directory) for its owner's eyes only before
+    SQLite opens it: SQLite gives its -wal and -shm files the database file's mode."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return
+    private_file(Path(parsed.database))
+
+
 def build_engine(url: str, *, pool_size: int = 5, pool_recycle: int = 1800) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        prepare_sqlite_file(url)
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},

@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+from conveyor.core.private import private_dir
+
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -25,6 +27,6 @@ def prepare_multiprocess_dir(*, wipe: bool = False) -> Path | None:
     if wipe and path.exists():
         # A fresh start: samples of processes from an earlier run must not be added in.
         shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
+    private_dir(path)
     os.environ[ENV_VAR] = str(path)
     return path

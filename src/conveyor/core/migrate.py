@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from conveyor.core.db import prepare_sqlite_file
 from conveyor.core.settings import Settings, get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -23,8 +24,8 @@ def alembic_config(settings: Settings | None = None) -> Config:
 
 def upgrade(settings: Settings | None = None, revision: str = "head") -> None:
     settings = settings or get_settings()
-    if settings.database.startswith("sqlite:///"):
-        Path(settings.database.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # Alembic opens the database itself: create a SQLite file private first.
+    prepare_sqlite_file(settings.database)
     command.upgrade(alembic_config(settings), revision)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import redis
 
@@ -47,3 +48,19 @@ WORKER_KEY_PREFIX = "conveyor:worker:"
 
 def worker_key(hostname: str) -> str:
     return f"{WORKER_KEY_PREFIX}{hostname}"
+
+
+# A process that just saw Redis time out fails fast for a moment instead of waiting out
+# another timeout per call: requests get their 503 at once while Redis is away.
+OUTAGE_HOLD_SECONDS = 5.0
+_outage_until = 0.0
+
+
+def note_outage(hold: float = OUTAGE_HOLD_SECONDS) -> None:
+    global _outage_until
+    _outage_until = time.monotonic() + hold
+
+
+def outage_remaining() -> float:
+    """Seconds this process still treats Redis as away (0: try it)."""
+    return max(0.0, _outage_until - time.monotonic())

@@ -572,11 +572,12 @@ class Settings(BaseSettings):
         le=9,
         description="AVIF encoding effort, 0 to 9: higher is slower and smaller.",
     )
+    # One deadline for the whole fetch, not per read: a server trickling bytes is cut off too.
     image_fetch_timeout_seconds: float = Field(
         default=20.0,
         gt=0,
         le=300,
-        description="Seconds to fetch an image given by URL instead of uploaded.",
+        description="Seconds a worker may spend fetching an image given by URL, all in all.",
     )
     image_vips_concurrency: int = Field(
         default=1,

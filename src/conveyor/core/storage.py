@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from conveyor.core.private import private_dir
 from conveyor.core.settings import Settings, get_settings
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*(/[A-Za-z0-9][A-Za-z0-9._=-]*)*")
@@ -53,7 +54,8 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    """Files under a directory; the API serves them, so `url` is None."""
+    """Files under a directory; the API serves them, so `url` is None. Directories it
+    creates are 0700 and files 0600: uploads are their owners' business only."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -63,8 +65,9 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         # Write beside the target and rename: readers see the old file or the new, never half.
+        # mkstemp makes the file 0600, and the rename keeps that.
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, status
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
@@ -13,11 +13,13 @@ from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Problem
 from conveyor.api.urls import public_base_url
 from conveyor.core import ledger
+from conveyor.core.filenames import display_name
 from conveyor.core.models import Job
+from conveyor.core.redaction import safe_url
 from conveyor.core.settings import get_settings
 from conveyor.core.storage import NotFound, Storage, get_storage
 from conveyor.workloads.images import pipeline, service, vips
-from conveyor.workloads.images.fetch import fetch_image
+from conveyor.workloads.images.fetch import check_url
 from conveyor.workloads.images.models import Image, VariantStatus
 from conveyor.workloads.images.presets import DEFAULT_PRESET, EXTENSIONS, MEDIA_TYPES
 from conveyor.workloads.images.validation import RejectedImage, inspect_upload
@@ -60,9 +62,10 @@ class ImageOut(BaseModel):
     status: str
     preset: str
     filename: str | None
-    source_format: str
-    width: int
-    height: int
+    source_url: str | None
+    source_format: str | None
+    width: int | None
+    height: int | None
     error: str | None
     progress: dict[str, Any]
     variants: list[VariantOut]
@@ -86,10 +89,13 @@ def _not_found(what: str = "image") -> HTTPException:
     },
     summary="Upload an image (or a URL to fetch) and make its variants",
     description=(
-        "Multipart form: `file` (the image) or `url` (fetched through the SSRF guard), and "
-        "optionally `preset` (default `default`). The type is read from the content; "
-        "dimensions are checked from the header before decoding. Answers 202 with the "
-        "image id and the pipeline's job id; follow it at `/api/v1/jobs/{job_id}/events`."
+        "Multipart form: `file` (the image) or `url`, and optionally `preset` (default "
+        "`default`). A file's type is read from the content; dimensions are checked from "
+        "the header before decoding, then it is decoded to the end. A `url` is checked "
+        "against the SSRF guard here and fetched by a worker (status `fetching`), whose "
+        "first step puts the bytes through the same checks before any variant is made. "
+        "Answers 202 with the image id and the pipeline's job id; follow it at "
+        "`/api/v1/jobs/{job_id}/events`."
     ),
 )
 def upload_image(
@@ -112,23 +118,23 @@ def upload_image(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "file: send exactly one of `file` or `url`"
         )
+    if url is not None:
+        # A slow server must hold a worker (one per owner at a time), never an API thread.
+        try:
+            check_url(url)
+        except RejectedImage as exc:
+            raise HTTPException(exc.status, exc.message) from None
+        image = service.create_image_from_url(
+            session, owner=caller.owner, preset_name=preset_name, preset=chosen, url=url
+        )
+        return _start(session, image, [variant.name for variant in image.variants])
+    assert file is not None
     vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
     limits = service.limits(settings)
+    data = file.file.read(limits.max_bytes + 1)
+    filename = display_name(file.filename)
     try:
-        if file is not None:
-            data = file.file.read(limits.max_bytes + 1)
-            filename = file.filename
-            inspected = inspect_upload(
-                data, limits, filename=filename, content_type=file.content_type
-            )
-        else:
-            assert url is not None
-            fetched = fetch_image(
-                url, max_bytes=limits.max_bytes, timeout=settings.image_fetch_timeout_seconds
-            )
-            data, filename = fetched.data, fetched.filename
-            # A server's names and types are often wrong; only the content decides here.
-            inspected = inspect_upload(data, limits, field="url")
+        inspected = inspect_upload(data, limits, filename=filename, content_type=file.content_type)
     except RejectedImage as exc:
         raise HTTPException(exc.status, exc.message) from None
     image = service.create_image(
@@ -164,11 +170,13 @@ def _start(
 
 
 @router.get("/{image_id}", response_model=ImageOut, responses=NOT_FOUND, summary="Get an image")
-def get_image(image_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
+def get_image(
+    image_id: str, request: Request, caller: CallerDep, session: SessionDep
+) -> dict[str, Any]:
     image = service.get_image(session, image_id, caller.scope)
     if image is None:
         raise _not_found()
-    return _image_out(session, image, get_storage(), public_base_url())
+    return _image_out(session, image, get_storage(), public_base_url(request.scope))
 
 
 def _file_url(storage: Storage, base_url: str, image: Image, key: str, name: str, fmt: str) -> str:
@@ -212,6 +220,7 @@ def _image_out(
         "status": image.status,
         "preset": image.preset,
         "filename": image.filename,
+        "source_url": safe_url(image.source_url) if image.source_url else None,
         "source_format": image.source_format,
         "width": image.width,
         "height": image.height,

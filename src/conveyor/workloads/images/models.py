@@ -13,6 +13,8 @@ from conveyor.core.models import Base, utcnow
 
 
 class ImageStatus(StrEnum):
+    # Given by URL: a worker is fetching it (the source fields are empty until then).
+    FETCHING = "fetching"
     QUEUED = "queued"
     PROCESSING = "processing"
     PROCESSED = "processed"
@@ -40,14 +42,17 @@ class Image(Base):
     job_id: Mapped[str | None] = mapped_column(String(64))
     preset: Mapped[str] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(24), default=ImageStatus.QUEUED)
+    # A display name (core.filenames), never the client's raw name.
     filename: Mapped[str | None] = mapped_column(String(255))
-    source_key: Mapped[str] = mapped_column(String(512))
-    source_format: Mapped[str] = mapped_column(String(16))
-    source_bytes: Mapped[int] = mapped_column(Integer)
+    source_url: Mapped[str | None] = mapped_column(String(2048))
+    # Empty while a URL is being fetched.
+    source_key: Mapped[str | None] = mapped_column(String(512))
+    source_format: Mapped[str | None] = mapped_column(String(16))
+    source_bytes: Mapped[int | None] = mapped_column(Integer)
     # The source decoded once by `validate`, which every variant starts from.
     work_key: Mapped[str | None] = mapped_column(String(512))
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,6 @@
-"""The canvas: chain(validate, chord(group(one task per variant), finalize)).
+"""The canvas: chain([fetch,] validate, chord(group(one task per variant), finalize)).
+
+`fetch` leads only for an image given by URL whose bytes are not stored yet.
 
 Every step's task id is the ledger job `service.record_run` recorded, so the ledger knows
 each step before its message exists.
@@ -13,6 +15,7 @@ from conveyor.core.celery_app import get_celery
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
 from conveyor.workloads.images.service import Run
 
+FETCH = "conveyor.workloads.images.fetch"
 VALIDATE = "conveyor.workloads.images.validate"
 VARIANT = "conveyor.workloads.images.variant"
 FINALIZE = "conveyor.workloads.images.finalize"
@@ -26,7 +29,9 @@ def build(app: Celery, image_id: str, run: Run) -> Signature:
         )
 
     variants = group([step(VARIANT, job_id, name=name) for name, job_id in run.variant_ids.items()])
+    first = [step(FETCH, run.fetch_id)] if run.fetch_id else []
     return chain(
+        *first,
         step(VALIDATE, run.validate_id),
         chord(variants, step(FINALIZE, run.finalize_id)),
     )

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import ledger, outcomes
 from conveyor.core.events import publish_job
+from conveyor.core.filenames import display_name
 from conveyor.core.models import TERMINAL_STATES, Job, JobState
 from conveyor.core.settings import Settings
-from conveyor.core.storage import Storage
+from conveyor.core.storage import NotFound, Storage
 from conveyor.workloads.images.engine import (
     Encoded,
     EncodeOptions,
@@ -96,6 +97,13 @@ def variant_key(image_id: str, name: str, fmt: str) -> str:
     return f"images/{image_id}/{name}.{EXTENSIONS[fmt]}"
 
 
+def source_key(image: Image) -> str:
+    """Where the original is; NotFound while an image given by URL is not fetched yet."""
+    if image.source_key is None:
+        raise NotFound(f"image {image.id} has no source yet (its URL was not fetched)")
+    return image.source_key
+
+
 # --- creating an image --------------------------------------------------------------------
 
 
@@ -111,28 +119,63 @@ def create_image(
     filename: str | None,
 ) -> Image:
     """Store the original and record the image with one pending row per variant."""
-    image_id = uuid.uuid4().hex
-    source_key = f"images/{image_id}/original.{SOURCE_EXTENSIONS[inspected.format]}"
-    storage.put(source_key, data, inspected.media_type)
-    image = Image(
-        id=image_id,
+    image = _new_image(owner, preset_name, preset, ImageStatus.QUEUED)
+    _keep_source(storage, image, inspected, data, filename)
+    session.add(image)
+    session.flush()
+    return image
+
+
+def create_image_from_url(
+    session: Session, *, owner: str, preset_name: str, preset: Preset, url: str
+) -> Image:
+    """Record an image a worker will fetch from `url` (the run's first step)."""
+    image = _new_image(owner, preset_name, preset, ImageStatus.FETCHING)
+    image.source_url = url
+    session.add(image)
+    session.flush()
+    return image
+
+
+def store_fetched(
+    session: Session,
+    storage: Storage,
+    image: Image,
+    inspected: Inspected,
+    data: bytes,
+    filename: str | None,
+) -> None:
+    """The fetched bytes passed the upload checks: keep them as the original."""
+    _keep_source(storage, image, inspected, data, filename)
+    if image.status == ImageStatus.FETCHING:
+        image.status = ImageStatus.QUEUED
+    session.commit()
+
+
+def _new_image(owner: str, preset_name: str, preset: Preset, status: ImageStatus) -> Image:
+    return Image(
+        id=uuid.uuid4().hex,
         owner=owner,
         preset=preset_name,
-        status=ImageStatus.QUEUED,
-        filename=(filename or None) and filename[-255:],
-        source_key=source_key,
-        source_format=inspected.format,
-        source_bytes=len(data),
-        width=inspected.width,
-        height=inspected.height,
+        status=status,
         variants=[
             ImageVariant(name=spec.name, position=index, status=VariantStatus.PENDING, outputs=[])
             for index, spec in enumerate(preset.variants)
         ],
     )
-    session.add(image)
-    session.flush()
-    return image
+
+
+def _keep_source(
+    storage: Storage, image: Image, inspected: Inspected, data: bytes, filename: str | None
+) -> None:
+    source_key = f"images/{image.id}/original.{SOURCE_EXTENSIONS[inspected.format]}"
+    storage.put(source_key, data, inspected.media_type)
+    image.filename = display_name(filename)
+    image.source_key = source_key
+    image.source_format = inspected.format
+    image.source_bytes = len(data)
+    image.width = inspected.width
+    image.height = inspected.height
 
 
 def get_image(session: Session, image_id: str, owner: str | None) -> Image | None:
@@ -149,12 +192,14 @@ def variant_of(image: Image, name: str) -> ImageVariant | None:
 
 @dataclass(frozen=True)
 class Run:
-    """One pipeline run to publish: its job, and the step jobs in canvas order."""
+    """One pipeline run to publish: its job, and the step jobs in canvas order (a fetch
+    first when the image was given by URL and is not stored yet)."""
 
     job_id: str
     validate_id: str
     variant_ids: dict[str, str]
     finalize_id: str
+    fetch_id: str | None = None
 
 
 def record_run(
@@ -166,6 +211,7 @@ def record_run(
         validate_id=str(uuid.uuid4()),
         variant_ids={name: str(uuid.uuid4()) for name in names},
         finalize_id=str(uuid.uuid4()),
+        fetch_id=str(uuid.uuid4()) if image.source_key is None else None,
     )
     parent = ledger.create_job(
         session,
@@ -180,13 +226,15 @@ def record_run(
     )
     parent.progress_total = len(image.variants)
     parent.progress_current = sum(1 for v in image.variants if v.status in FINISHED_VARIANT)
+    first = 0 if run.fetch_id is None else 1
     steps = [
-        (run.validate_id, "validate", {"image_id": image.id}, 0),
+        *([(run.fetch_id, "fetch", {"image_id": image.id}, 0)] if run.fetch_id else []),
+        (run.validate_id, "validate", {"image_id": image.id}, first),
         *(
-            (job_id, "variant", {"image_id": image.id, "name": name}, 1)
+            (job_id, "variant", {"image_id": image.id, "name": name}, first + 1)
             for name, job_id in run.variant_ids.items()
         ),
-        (run.finalize_id, "finalize", {"image_id": image.id}, 2),
+        (run.finalize_id, "finalize", {"image_id": image.id}, first + 2),
     ]
     for job_id, step, kwargs, stage in steps:
         ledger.create_job(
@@ -239,7 +287,7 @@ def prepare_retry(session: Session, image: Image, name: str | None) -> list[str]
     for variant in chosen:
         variant.status = VariantStatus.PENDING
         variant.error = None
-    image.status = ImageStatus.QUEUED
+    image.status = ImageStatus.QUEUED if image.source_key else ImageStatus.FETCHING
     image.error = None
     session.flush()
     return [variant.name for variant in chosen]
@@ -267,11 +315,28 @@ def run_is_active(session: Session, job_id: str | None) -> bool:
 def begin_run(session: Session, image: Image, job_id: str, worker_host: str | None) -> None:
     """The validate step started: the image is processing and its job is running."""
     image.status = ImageStatus.PROCESSING
-    job = ledger.mark_started(
-        session,
-        ledger.NewJob(id=job_id, name=PIPELINE_TASK, queue="images", owner=image.owner),
-        worker_host=worker_host,
-    )
+    _start_job(session, image, job_id, worker_host, None)
+
+
+def begin_fetch(session: Session, image: Image, job_id: str, worker_host: str | None) -> None:
+    """The fetch step started: the run's job is running, and says what it waits for."""
+    _start_job(session, image, job_id, worker_host, "fetching the image")
+
+
+def _start_job(
+    session: Session, image: Image, job_id: str, worker_host: str | None, message: str | None
+) -> None:
+    current = session.get(Job, job_id)
+    job: Job | None = current
+    if current is None or current.state != JobState.STARTED:
+        # The run's job starts once, whichever of its steps comes first.
+        job = ledger.mark_started(
+            session,
+            ledger.NewJob(id=job_id, name=PIPELINE_TASK, queue="images", owner=image.owner),
+            worker_host=worker_host,
+        )
+    if job is not None:
+        job.progress_message = message
     session.commit()
     if job is not None:
         publish_job(ledger.job_to_dict(job))
@@ -281,6 +346,8 @@ def store_working_copy(
     session: Session, storage: Storage, image: Image, preset: Preset, data: bytes
 ) -> None:
     """Decode the original once, at the largest size the preset needs, for the variants."""
+    assert image.width is not None
+    assert image.height is not None
     width = needed_width(preset.variants, image.width, image.height)
     copy = working_copy(data, width)
     key = f"images/{image.id}/work/{copy.name}"
@@ -292,7 +359,7 @@ def store_working_copy(
 def load_source(storage: Storage, image: Image) -> bytes | WorkingCopy:
     """What a variant starts from: the working copy, or the original if there is none."""
     if image.work_key is None:
-        return storage.get(image.source_key)
+        return storage.get(source_key(image))
     return WorkingCopy.from_name(image.work_key.rsplit("/", 1)[1], storage.get(image.work_key))
 
 

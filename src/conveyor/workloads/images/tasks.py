@@ -20,9 +20,10 @@ from conveyor.core.errors import ErrorKind, PermanentError
 from conveyor.core.settings import get_settings
 from conveyor.core.storage import NotFound, get_storage
 from conveyor.core.task import ConveyorTask
-from conveyor.workloads.images import engine, service, vips
+from conveyor.workloads.images import engine, pipeline, service, vips
+from conveyor.workloads.images.fetch import fetch_image
 from conveyor.workloads.images.models import Image, ImageStatus, VariantStatus
-from conveyor.workloads.images.pipeline import FINALIZE, VALIDATE, VARIANT
+from conveyor.workloads.images.pipeline import FETCH, FINALIZE, VALIDATE, VARIANT
 from conveyor.workloads.images.validation import RejectedImage, inspect_upload
 
 # Sent just before a variant is made, with image_id, variant and owner: a hook for
@@ -59,17 +60,66 @@ class ImageTask(ConveyorTask):
         return image
 
 
-class ValidateTask(ImageTask):
+class FirstStepTask(ImageTask):
+    """A step before the variants: when it fails for good, the chain stops there."""
+
+    failure: ClassVar[str] = "validation failed"
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         super().on_failure(exc, task_id, args, kwargs, einfo)
-        # The chain stops here: no variant will run, so the image and its run end now.
+        # No variant will run, so the image and its run end now.
         image_id = (kwargs or {}).get("image_id")
         with session_scope() as session:
             image = session.get(Image, image_id) if image_id else None
             if image is not None:
-                service.fail_image(session, image, f"validation failed: {exc}")
+                service.fail_image(session, image, f"{self.failure}: {exc}")
+
+
+class ValidateTask(FirstStepTask):
+    failure = "validation failed"
+
+
+class FetchTask(FirstStepTask):
+    failure = "fetch failed"
+    # One fetch per owner at a time across all workers: the others wait re-published,
+    # holding no worker, so one key's slow URLs never take every images worker.
+    overlap_key = "images:fetch:{owner}"
+    # Each attempt may take the whole deadline; a server that failed three times is down.
+    retry_max = 2
+
+
+@shared_task(bind=True, base=FetchTask, name=FETCH)
+def fetch(self: FetchTask, image_id: str) -> dict[str, Any]:
+    """Fetch the image's URL and check the bytes as an upload is checked in the API,
+    decoding them to the end, before they are kept as its original."""
+    settings = get_settings()
+    vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
+    image = self.image(image_id)
+    replayed = image.status == ImageStatus.FAILED
+    if image.source_key is None:
+        if image.source_url is None:
+            raise PermanentError(f"image {image_id} has neither a source nor a URL")
+        if image.job_id is not None and not replayed:
+            service.begin_fetch(self.db, image, image.job_id, self.request.hostname)
+        limits = service.limits(settings)
+        fetched = fetch_image(
+            image.source_url,
+            max_bytes=limits.max_bytes,
+            deadline=settings.image_fetch_timeout_seconds,
+        )
+        # A server's names and types are often wrong; only the content decides here.
+        inspected = inspect_upload(fetched.data, limits, field="url")
+        storage = get_storage(settings)
+        service.store_fetched(self.db, storage, image, inspected, fetched.data, fetched.filename)
+    if replayed:
+        # A replayed dead letter, outside any pipeline: make the variants with a new run.
+        names = service.prepare_retry(self.db, image, None)
+        run = service.record_run(self.db, image, names, replay_of=image.job_id)
+        self.db.commit()
+        pipeline.publish(image.id, image.owner, run)
+    return {"image_id": image_id, "bytes": image.source_bytes}
 
 
 @shared_task(bind=True, base=ValidateTask, name=VALIDATE)
@@ -79,7 +129,7 @@ def validate(self: ValidateTask, image_id: str) -> dict[str, Any]:
     vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
     image = self.image(image_id)
     storage = get_storage(settings)
-    data = storage.get(image.source_key)
+    data = storage.get(service.source_key(image))
     try:
         # The working copy below decodes every byte, failing on truncation.
         inspect_upload(data, service.limits(settings), decode_check=False)

@@ -19,8 +19,8 @@ from conveyor.api.schemas import Problem
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import Submission, submit
 from conveyor.core.settings import get_settings
+from conveyor.workloads.payments import cards, gateway_events, service
 from conveyor.workloads.payments import events as _events  # noqa: F401 - registers event types
-from conveyor.workloads.payments import gateway_events, service
 from conveyor.workloads.payments.gateway import RefundResult
 from conveyor.workloads.payments.models import PaymentState
 from conveyor.workloads.payments.schemas import (
@@ -51,13 +51,19 @@ def _submit(task_name: str, target_id: str, owner: str, job_id: str) -> None:
 
 def _create_payment(body: PaymentIn, owner: str) -> dict[str, Any]:
     job_id = str(uuid.uuid4())
+    try:
+        method = cards.stored_method(body.payment_method, get_settings().payments_gateway)
+    except cards.BadPaymentMethod as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     new = service.NewPayment(
         owner=owner,
         customer_id=body.customer_id,
         amount=body.amount,
         currency=body.currency,
-        payment_method=body.payment_method,
+        payment_method=method.reference,
         description=body.description,
+        card_brand=method.brand,
+        card_last4=method.last4,
     )
     with session_scope() as session:
         payment = service.create_payment(session, new, job_id=job_id)

@@ -44,6 +44,9 @@ class ChargeResult:
     amount: int = 0
     failure_code: str | None = None
     failure_message: str | None = None
+    # What the gateway says the card is, for a payment method the API could not tell.
+    card_brand: str | None = None
+    card_last4: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,10 @@ class Payment(Base):
     customer_id: Mapped[str] = mapped_column(String(120))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
+    # The gateway's payment method id (`pm_...`); a card number is never stored (cards.py).
     payment_method: Mapped[str] = mapped_column(String(100))
+    card_brand: Mapped[str | None] = mapped_column(String(20))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
     description: Mapped[str | None] = mapped_column(String(500))
     state: Mapped[str] = mapped_column(String(20), default=PaymentState.PENDING)
     amount_captured: Mapped[int] = mapped_column(BigInteger, default=0)

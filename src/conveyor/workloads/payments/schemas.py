@@ -50,7 +50,10 @@ class PaymentIn(BaseModel):
     payment_method: str = Field(
         min_length=1,
         max_length=100,
-        description="A gateway payment method; for the sandbox, a test card number.",
+        description=(
+            "A payment method id (`pm_...`). The sandbox also takes its test card numbers "
+            "(4242424242424242...), kept only as brand and last four."
+        ),
     )
     description: str | None = Field(default=None, max_length=500)
 
@@ -79,6 +82,11 @@ class RefundIn(BaseModel):
         return _check_amount(value, None)
 
 
+class CardOut(BaseModel):
+    brand: str | None
+    last4: str | None
+
+
 class RefundSummary(BaseModel):
     id: str
     amount: int
@@ -93,7 +101,8 @@ class PaymentOut(BaseModel):
     amount: int
     currency: str
     customer_id: str
-    payment_method: str
+    payment_method: str = Field(description="The gateway's payment method id.")
+    card: CardOut | None = Field(description="Brand and last four digits, when known.")
     description: str | None
     amount_captured: int
     amount_refunded: int

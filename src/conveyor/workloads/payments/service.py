@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.core.ledger import as_utc, iso
 from conveyor.core.models import utcnow
+from conveyor.workloads.payments import cards
 from conveyor.workloads.payments.currencies import format_amount
 from conveyor.workloads.payments.models import (
     BalanceEntry,
@@ -49,8 +50,10 @@ class NewPayment:
     customer_id: str
     amount: int
     currency: str
-    payment_method: str
+    payment_method: str  # the gateway's id, from cards.stored_method
     description: str | None = None
+    card_brand: str | None = None
+    card_last4: str | None = None
 
 
 def new_payment_id() -> str:
@@ -62,6 +65,9 @@ def new_refund_id() -> str:
 
 
 def create_payment(session: Session, new: NewPayment, *, job_id: str) -> Payment:
+    if cards.card_digits(new.payment_method) is not None:
+        # The last line: whatever the caller, a card number never reaches the table.
+        raise ValueError("payment_method must be a payment method id, never a card number")
     now = utcnow()
     payment = Payment(
         id=new_payment_id(),
@@ -70,6 +76,8 @@ def create_payment(session: Session, new: NewPayment, *, job_id: str) -> Payment
         amount=new.amount,
         currency=new.currency,
         payment_method=new.payment_method,
+        card_brand=new.card_brand,
+        card_last4=new.card_last4,
         description=new.description,
         state=PaymentState.PENDING,
         amount_captured=0,
@@ -242,8 +250,12 @@ def payment_to_dict(payment: Payment, refunds: list[Refund] | None = None) -> di
         "amount": payment.amount,
         "currency": payment.currency,
         "customer_id": payment.customer_id,
-        # Only the last four digits ever leave the database.
-        "payment_method": "…" + payment.payment_method[-4:],
+        "payment_method": payment.payment_method,
+        "card": (
+            {"brand": payment.card_brand, "last4": payment.card_last4}
+            if payment.card_brand or payment.card_last4
+            else None
+        ),
         "description": payment.description,
         "amount_captured": payment.amount_captured,
         "amount_refunded": payment.amount_refunded,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
 from conveyor.core.models import utcnow
@@ -38,6 +38,11 @@ def settle_charge(session: Session, payment_id: str, result: ChargeResult) -> Pa
     """Record the gateway's answer; the payment if this call settled it, else None."""
     now = utcnow()
     values: dict[str, Any] = {"state": result.status, "settled_at": now, "updated_at": now}
+    # What the gateway says the card is fills in what the API could not tell.
+    if result.card_brand:
+        values["card_brand"] = func.coalesce(Payment.card_brand, result.card_brand[:20])
+    if result.card_last4:
+        values["card_last4"] = func.coalesce(Payment.card_last4, result.card_last4[-4:])
     if result.status == "succeeded":
         values.update(amount_captured=Payment.amount, gateway_charge_id=result.charge_id)
     else:

@@ -47,6 +47,8 @@ class StripeGateway:
             "customer": request.customer_id if request.customer_id.startswith("cus_") else None,
             "metadata": {"payment_id": request.key, "customer_id": request.customer_id},
             "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            # The charge's card details: brand and last four for the payment's record.
+            "expand": ["latest_charge"],
         }
         params = {name: value for name, value in params.items() if value is not None}
         try:
@@ -64,7 +66,11 @@ class StripeGateway:
     def find_charge(self, key: str) -> ChargeResult | None:
         try:
             found = self.client.v1.payment_intents.search(
-                params={"query": f"metadata['payment_id']:'{key}'", "limit": 1}
+                params={
+                    "query": f"metadata['payment_id']:'{key}'",
+                    "limit": 1,
+                    "expand": ["data.latest_charge"],
+                }
             )
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
@@ -120,13 +126,25 @@ def _translate(exc: stripe.StripeError) -> Exception:
 def _charge_result(intent: Any) -> ChargeResult:
     status = intent.status
     if status in SUCCEEDED_INTENT:
-        return ChargeResult("succeeded", intent.id, int(intent.amount_received or intent.amount))
+        brand, last4 = _card_of(intent)
+        amount = int(intent.amount_received or intent.amount)
+        return ChargeResult("succeeded", intent.id, amount, card_brand=brand, card_last4=last4)
     if status in FAILED_INTENT:
         error = intent.last_payment_error
         code = getattr(error, "code", None) or "payment_failed"
         return ChargeResult("failed", intent.id, 0, code, getattr(error, "message", None))
     # processing, requires_action...: not settled yet; ask again later.
     raise GatewayUnavailable(f"stripe: payment intent {intent.id} is still {status}")
+
+
+def _card_of(intent: Any) -> tuple[str | None, str | None]:
+    """Brand and last four from the expanded `latest_charge`, if Stripe sent it."""
+    charge = getattr(intent, "latest_charge", None)
+    details = getattr(charge, "payment_method_details", None)
+    card = getattr(details, "card", None)
+    if card is None:
+        return None, None
+    return getattr(card, "brand", None), getattr(card, "last4", None)
 
 
 def _refund_result(refund: Any) -> RefundResult:

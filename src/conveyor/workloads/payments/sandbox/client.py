@@ -53,12 +53,16 @@ def read_charge(status_code: int, body: dict[str, Any]) -> ChargeResult:
     if not isinstance(charge, dict):
         raise GatewayUnavailable(f"gateway answered {status_code} without a charge")
     failed = charge.get("status") != "succeeded"
+    card = charge.get("card")
+    card = card if isinstance(card, dict) else {}
     return ChargeResult(
         status="failed" if failed else "succeeded",
         charge_id=charge.get("id"),
         amount=int(charge.get("amount") or 0),
         failure_code=charge.get("failure_code") if failed else None,
         failure_message=charge.get("failure_message") if failed else None,
+        card_brand=card.get("brand"),
+        card_last4=card.get("last4"),
     )
 
 

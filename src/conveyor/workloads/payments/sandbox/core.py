@@ -8,6 +8,10 @@ never be the bottleneck of a benchmark. The HTTP app (`app.py`) and the in-proce
 Idempotency follows Stripe: the same key with the same parameters gets the first response
 again; with other parameters, a 400. Injected errors before a charge is recorded store
 nothing (a retry charges); errors after it store the real response (a retry replays it).
+
+Like Stripe, the sandbox charges payment method ids, never card numbers (a number is a
+400). Conveyor's API turns a test card number into the sandbox's id for it when the payment
+is submitted (`payments.cards`), so the number itself is never stored or sent on.
 """
 
 from __future__ import annotations
@@ -31,9 +35,32 @@ CARD_FAILS_ONCE = "4000000000000119"
 # and only the status check can find the charge.
 CARD_TIMES_OUT = "4000000000006975"
 
+# The payment method id of each test card: Stripe's own test ids where Stripe has one.
+PM_SUCCEEDS = "pm_card_visa"
+PM_DECLINED = "pm_card_visa_chargeDeclined"
+PM_INSUFFICIENT_FUNDS = "pm_card_visa_chargeDeclinedInsufficientFunds"
+PM_FAILS_ONCE = "pm_card_sandbox_failsOnce"
+PM_TIMES_OUT = "pm_card_sandbox_timesOut"
+TEST_CARD_IDS = {
+    CARD_SUCCEEDS: PM_SUCCEEDS,
+    CARD_DECLINED: PM_DECLINED,
+    CARD_INSUFFICIENT_FUNDS: PM_INSUFFICIENT_FUNDS,
+    CARD_FAILS_ONCE: PM_FAILS_ONCE,
+    CARD_TIMES_OUT: PM_TIMES_OUT,
+}
+# Any other `pm_card_<brand>` (pm_card_mastercard...) succeeds, as in Stripe's test mode.
+ID_PREFIX = "pm_card_"
+# Brand and last four of the ids above, and of Stripe's per-brand test ids.
+ID_CARDS: dict[str, tuple[str, str]] = {
+    **{pm: ("visa", number[-4:]) for number, pm in TEST_CARD_IDS.items()},
+    "pm_card_mastercard": ("mastercard", "4444"),
+    "pm_card_amex": ("amex", "0005"),
+    "pm_card_discover": ("discover", "1117"),
+}
+
 DECLINES = {
-    CARD_DECLINED: ("card_declined", "Your card was declined."),
-    CARD_INSUFFICIENT_FUNDS: ("insufficient_funds", "Your card has insufficient funds."),
+    PM_DECLINED: ("card_declined", "Your card was declined."),
+    PM_INSUFFICIENT_FUNDS: ("insufficient_funds", "Your card has insufficient funds."),
 }
 FAILS_ONCE_DELAY_SECONDS = 0.5
 
@@ -63,7 +90,8 @@ class Charge:
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
-        out["payment_method"] = "…" + self.payment_method[-4:]
+        brand, last4 = ID_CARDS.get(self.payment_method, (None, None))
+        out["card"] = {"brand": brand, "last4": last4} if brand else None
         out["object"] = "charge"
         return out
 
@@ -128,7 +156,7 @@ class SandboxCore:
             if stored is not None:
                 return _replay(stored, fingerprint, key)
             method = str(params["payment_method"])
-            if method == CARD_FAILS_ONCE and key not in self._failed_once:
+            if method == PM_FAILS_ONCE and key not in self._failed_once:
                 self._failed_once.add(key)
                 failed = _error(500, "processing_error", "a processing error; try again")
                 failed.delay = FAILS_ONCE_DELAY_SECONDS
@@ -145,7 +173,7 @@ class SandboxCore:
                 }
             reply.events = [_event(f"charge.{charge.status}", charge.public())]
             self._replies[("charge", key)] = (fingerprint, reply)
-            if method == CARD_TIMES_OUT:
+            if method == PM_TIMES_OUT:
                 return Reply(reply.status_code, reply.body, self.config.slow_seconds, reply.events)
             if injected == "after":
                 return Reply(500, {"error": {"code": "injected_error"}}, 0.0, reply.events)
@@ -258,8 +286,16 @@ def _check_charge_params(params: dict[str, Any]) -> Reply | None:
     amount = params.get("amount")
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         return _error(400, "parameter_invalid", "amount: a positive integer")
-    if not isinstance(params.get("currency"), str) or not params.get("payment_method"):
+    method = params.get("payment_method")
+    if not isinstance(params.get("currency"), str) or not method:
         return _error(400, "parameter_missing", "currency and payment_method are required")
+    if not isinstance(method, str) or not method.startswith(ID_PREFIX):
+        # Never echo it: it may be a card number.
+        return _error(
+            400,
+            "payment_method_invalid",
+            f"payment_method: no such payment method; send a test id such as {PM_SUCCEEDS}",
+        )
     return None
 
 
