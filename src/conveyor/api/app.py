@@ -25,7 +25,7 @@ from conveyor.api.outage import FailFastDuringOutage
 from conveyor.api.security import API_HEADERS, SecurityHeaders
 from conveyor.core.celery_app import use_request_timeouts
 from conveyor.core.metrics import http_latency, http_requests
-from conveyor.core.redis_client import note_outage
+from conveyor.core.redis_client import fail_fast_during_outages, note_outage
 from conveyor.core.settings import Settings, get_settings
 from conveyor.workloads.email import api as email_api
 from conveyor.workloads.images import api as images_api
@@ -146,6 +146,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     use_request_timeouts()
+    fail_fast_during_outages()
     app = FastAPI(
         lifespan=_lifespan,
         title="Conveyor",

@@ -1,4 +1,5 @@
-"""While Redis is away, API routes answer 503 at once instead of each waiting out a timeout."""
+"""While Redis is away, API routes that write answer 503 at once instead of each waiting out a
+publish timeout; reads go on from the ledger (Redis-backed limits fail open meanwhile)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ class FailFastDuringOutage:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         remaining = outage_remaining() if scope["type"] == "http" else 0.0
-        if remaining and str(scope.get("path", "")).startswith("/api/"):
+        writes = scope.get("method") not in {"GET", "HEAD", "OPTIONS"}
+        if remaining and writes and str(scope.get("path", "")).startswith("/api/"):
             response = JSONResponse(
                 {"detail": "the broker is unavailable; try again shortly"},
                 status_code=503,

@@ -10,7 +10,7 @@ from celery import Celery
 from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 from kombu import Queue
 
-from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, get_settings
+from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, SettingsError, get_settings
 
 # Modules whose tasks every worker registers.
 TASK_MODULES = [
@@ -166,6 +166,15 @@ class SettingsConfiguredCelery(Celery):
 
     # Set in API processes (use_request_timeouts): requests get short broker timeouts.
     answers_requests = False
+
+    def finalize(self, auto: bool = False) -> None:
+        try:
+            super().finalize(auto=auto)
+        except SettingsError:
+            # Binding the tasks reads the configuration; without settings yet (pytest collecting
+            # a task proxy, say), finish on the next use instead of staying half-registered.
+            self.finalized = False
+            raise
 
     def _load_config(self) -> Any:
         settings = get_settings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from conveyor.core.private import private_dir
@@ -29,4 +30,9 @@ def prepare_multiprocess_dir(*, wipe: bool = False) -> Path | None:
         shutil.rmtree(path, ignore_errors=True)
     private_dir(path)
     os.environ[ENV_VAR] = str(path)
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        # Imported already (the celery command loads plugins such as Flower's, which use it):
+        # choose the multiprocess value class now, as an import after this line would have.
+        values.ValueClass = values.get_value_class()
     return path

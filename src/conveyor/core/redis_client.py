@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -15,6 +16,10 @@ _clients: dict[tuple[int, str], redis.Redis] = {}
 
 
 def get_redis(settings: Settings | None = None) -> redis.Redis:
+    if _fail_fast and outage_remaining():
+        raise redis.ConnectionError(
+            f"Redis did not answer moments ago; not trying again for {outage_remaining():.0f}s"
+        )
     settings = settings or get_settings()
     key = (os.getpid(), settings.redis)
     client = _clients.get(key)
@@ -24,6 +29,7 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
             if client is None:
                 client = redis.Redis.from_url(
                     settings.redis,
+                    connection_class=_OutageNoting,
                     decode_responses=True,
                     # Short: a frozen Redis must fail a request in seconds, not hang it.
                     socket_timeout=settings.redis_timeout_seconds,
@@ -54,6 +60,32 @@ def worker_key(hostname: str) -> str:
 # another timeout per call: requests get their 503 at once while Redis is away.
 OUTAGE_HOLD_SECONDS = 5.0
 _outage_until = 0.0
+_fail_fast = False
+
+
+def fail_fast_during_outages() -> None:
+    """In a process that answers requests: after a timeout, Redis calls fail at once for a
+    moment (callers fall back or answer 503) instead of each waiting out its own timeout."""
+    global _fail_fast
+    _fail_fast = True
+
+
+class _OutageNoting(redis.Connection):
+    """A connection that notes when Redis stops answering."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError):
+            note_outage()
+            raise
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):
+            note_outage()
+            raise
 
 
 def note_outage(hold: float = OUTAGE_HOLD_SECONDS) -> None:
