@@ -34,5 +34,5 @@ def prepare_multiprocess_dir(*, wipe: bool = False) -> Path | None:
     if values is not None:
         # Imported already (the celery command loads plugins such as Flower's, which use it):
         # choose the multiprocess value class now, as an import after this line would have.
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path
