@@ -41,7 +41,7 @@ def dispatch(job_id: str) -> bool:
     with session_scope() as session:
         claimed = session.scalars(
             update(Job)
-            .where(Job.id == job_id, Job.events_pending.is_(True))
+            .where(Job.id == job_id, Job.events_pending)
             .values(events_pending=False)
             .returning(Job)
             .execution_options(synchronize_session=False, populate_existing=True)
@@ -71,7 +71,7 @@ def dispatch_pending(limit: int = 500) -> int:
         ids = list(
             session.scalars(
                 select(Job.id)
-                .where(Job.events_pending.is_(True), Job.updated_at < utcnow() - SWEEP_AFTER)
+                .where(Job.events_pending, Job.updated_at < utcnow() - SWEEP_AFTER)
                 .limit(limit)
             )
         )
