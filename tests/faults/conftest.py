@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import (
-    PG_ADMIN_URL,
     QUEUES,
     Process,
     api_answers,
     api_process,
     free_port,
+    fresh_postgres_database,
     wait_for,
 )
 
@@ -118,17 +117,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}".splitlines()[0])
-    name = f"conveyor_fault_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database("conveyor_fault") as url:
+        yield url
 
 
 @dataclass

@@ -13,6 +13,16 @@ from conveyor.core.preflight import require_database, require_redis, require_tas
 from conveyor.core.settings import QUEUES, get_settings
 
 console = Console(stderr=True)
+# `conveyor worker -c` and `conveyor up -c`.
+Concurrency = Annotated[
+    int | None,
+    typer.Option(
+        "--concurrency",
+        "-c",
+        min=1,
+        help="Worker processes. Default: CONVEYOR_WORKER_CONCURRENCY, else one per CPU.",
+    ),
+]
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 
@@ -76,15 +86,7 @@ def worker(
     queues: Annotated[
         str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")
     ] = ",".join(QUEUES),
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            "-c",
-            min=1,
-            help="Worker processes. Default: CONVEYOR_WORKER_CONCURRENCY, else one per CPU.",
-        ),
-    ] = None,
+    concurrency: Concurrency = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (same as `celery -A conveyor.worker worker`)."""

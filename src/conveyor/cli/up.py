@@ -11,14 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
 
 import httpx
 import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from conveyor.cli.run import bootstrap_key, run_migrations
+from conveyor.cli.run import Concurrency, bootstrap_key, run_migrations
 from conveyor.core.preflight import require_database, require_redis, require_task_modules
 from conveyor.core.redaction import safe_url
 from conveyor.core.runtime import AlreadyRunning, Runtime, UpLock
@@ -73,17 +72,7 @@ def plan_ports(settings: Settings) -> Plan:
     return plan
 
 
-def up(
-    concurrency: Annotated[
-        int | None,
-        typer.Option(
-            "--concurrency",
-            "-c",
-            min=1,
-            help="Worker processes. Default: CONVEYOR_WORKER_CONCURRENCY, else one per CPU.",
-        ),
-    ] = None,
-) -> None:
+def up(concurrency: Concurrency = None) -> None:
     """Start everything here: Redis (if none configured), migrations, API, worker, Beat."""
     settings = get_settings()
     try:
