@@ -214,5 +214,6 @@ def test_the_readme_tour_runs_as_written(tour: Tour) -> None:
     assert gone.returncode == 2
     assert gone.stderr.strip().splitlines() == [
         f"conveyor: no Conveyor running here (nothing in {tour.home / '.conveyor'}); start one "
-        "with `./dev up` or `conveyor up`, or set CONVEYOR_REDIS_URL"
+        "with `./dev up` or `conveyor up`, or set CONVEYOR_DATA_DIR to a running one's data "
+        "directory, or CONVEYOR_REDIS_URL"
     ]

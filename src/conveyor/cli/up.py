@@ -114,8 +114,9 @@ def _run(settings: Settings, lock: UpLock, concurrency: int | None) -> None:
     env = dict(os.environ)
     env.setdefault("CONVEYOR_LOG_JSON", "false")
     supervisor = Supervisor(env=env)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    # The terminal closing (SIGHUP) stops everything too, as Ctrl-C does.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, supervisor.request_stop)
     try:
         _pin(env, "CONVEYOR_DATA_DIR", str(data_dir))
         redis_note = _redis(supervisor, env, settings, data_dir)
@@ -124,8 +125,8 @@ def _run(settings: Settings, lock: UpLock, concurrency: int | None) -> None:
         if settings.database_url is None:
             _pin(env, "CONVEYOR_DATABASE_URL", f"sqlite:///{(data_dir / 'conveyor.db').as_posix()}")
             settings = get_settings()
-        run_migrations()
         require_database(settings)
+        run_migrations()
         bootstrap_key()
         _pin(env, "CONVEYOR_API_PORT", str(plan.api_port))
         checks = _start_parts(supervisor, env, settings, plan, concurrency)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 import redis
@@ -52,8 +53,9 @@ def require_redis(settings: Settings | None = None) -> None:
 
 
 def require_task_modules(settings: Settings | None = None) -> None:
-    """Each module of CONVEYOR_TASK_MODULES importable from the working directory, as the
-    worker will import it; a typo otherwise surfaces as pages of Celery tracebacks."""
+    """Each module of CONVEYOR_TASK_MODULES imports from the working directory, as the worker
+    will import it; a typo or a broken module otherwise surfaces as pages of Celery
+    tracebacks whose first line blames `conveyor.worker`."""
     settings = settings or get_settings()
     cwd = str(Path.cwd())
     added = cwd not in sys.path
@@ -71,6 +73,25 @@ def require_task_modules(settings: Settings | None = None) -> None:
                     "the spelling, and run from the folder that holds it or add that folder "
                     "to PYTHONPATH"
                 )
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                raise SettingsError(
+                    f"CONVEYOR_TASK_MODULES: importing {name!r} failed at {_where(exc)}: "
+                    f"{type(exc).__name__}: {_first_line(exc)}"
+                ) from None
     finally:
         if added:
             sys.path.remove(cwd)
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the deepest frame outside the import machinery: the user's broken line."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in frame.filename
+    ]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "import"

