@@ -325,6 +325,8 @@ class ImageServer:
 
     def __init__(self) -> None:
         self.body = samples.jpeg(640, 480)
+        # `/later.jpg` is a 404 until this is set.
+        self.later_ready = False
         self.lock = threading.Lock()
         self.slow_in_flight = 0
         # (start, end) of each slow request, as the server saw it.
@@ -339,6 +341,8 @@ class ImageServer:
                     self.end_headers()
                 elif self.path.startswith("/slow"):
                     server.trickle(self)
+                elif self.path == "/later.jpg" and not server.later_ready:
+                    self.send_error(404)
                 else:
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
@@ -452,6 +456,39 @@ def test_url_uploads_go_through_the_ssrf_guard(
         assert (image["filename"], image["source_url"]) == ("photo.jpg", moved)
 
 
+def test_a_url_that_fails_leaves_the_image_failed_and_replaying_its_dead_letter_completes_it(
+    stack: Stack, image_server: ImageServer, fetching_api: str
+) -> None:
+    _, client = _client_of(stack, fetching_api, "img-later")
+    with client, stack.client() as admin:
+        url = f"{image_server.url}/later.jpg"
+        accepted = _accepted(client.post("/api/v1/images", data={"url": url}))
+        stack.wait_job(accepted["job_id"], {"failed"}, timeout=60)
+        image = _image(client, accepted["id"])
+        assert (image["status"], image["error"]) == (
+            "failed",
+            "fetch failed: url: the server answered 404",
+        )
+        letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
+        letter = next(
+            item
+            for item in letters
+            if item["task_name"] == "conveyor.workloads.images.fetch"
+            and item["kwargs"].get("image_id") == accepted["id"]
+        )
+        assert letter["attempts"] == 1  # a 404 is not worth another try
+        image_server.later_ready = True
+        replay = admin.post(f"/api/v1/dead-letters/{letter['id']}/replay")
+        assert replay.status_code in (200, 201, 202), replay.text
+
+        def processed() -> dict[str, Any] | None:
+            found = _image(client, accepted["id"])
+            return found if found["status"] == "processed" else None
+
+        done = wait_for(processed, 90, "the replayed image to be processed")
+        assert (done["width"], done["height"], done["filename"]) == (640, 480, "later.jpg")
+
+
 def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
     stack: Stack, image_server: ImageServer, fetching_api: str
 ) -> None:
@@ -478,7 +515,7 @@ def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
         assert letter["attempts"] == 3  # two retries: a slow server may recover
     # A byte every 0.2 s never trips a per-read timeout; the whole-fetch deadline cut each
     # attempt off (plus a little for the server to notice the closed connection).
-    assert len(image_server.slow_seconds) == 3
+    wait_for(lambda: len(image_server.slow_spans) == 3, 5, "the server to see 3 attempts end")
     assert max(image_server.slow_seconds) < FETCH_DEADLINE + 1.0
 
 

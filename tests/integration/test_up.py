@@ -218,6 +218,7 @@ def test_a_killed_up_takes_its_parts_along_and_a_closed_terminal_stops_it(
         process = subprocess.Popen(
             _conveyor("up"), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
         )
+
         def published() -> bool:
             return runtime.exists() and json.loads(runtime.read_text())["pid"] == process.pid
 

@@ -177,3 +177,71 @@ def test_multipart_boundaries_do_not_change_the_idempotency_fingerprint() -> Non
     assert first == again
     assert first != other
     assert _without_boundary(b'{"a": 1}', "application/json") == b'{"a": 1}'
+
+
+def _url_image(session: Session) -> Image:
+    image = service.create_image_from_url(
+        session,
+        owner="alice",
+        preset_name="default",
+        preset=PRESET,
+        url="https://images.example.com/a/photo.jpg",
+    )
+    session.commit()
+    return image
+
+
+def test_an_image_given_by_url_is_fetched_first_then_validated(
+    session: Session, tmp_path: Path
+) -> None:
+    image = _url_image(session)
+    assert (image.status, image.source_key, image.width) == ("fetching", None, None)
+    run = service.record_run(session, image, [v.name for v in image.variants])
+    session.commit()
+    assert run.fetch_id is not None
+    stages = {
+        step.name.rsplit(".", 1)[1]: step.workflow_stage
+        for step in session.scalars(select(Job).where(Job.root_id == run.job_id))
+    }
+    assert stages == {"fetch": 0, "validate": 1, "variant": 2, "finalize": 3}
+
+    service.begin_fetch(session, image, run.job_id, "host")
+    job = session.get(Job, run.job_id)
+    assert job is not None
+    assert (job.state, job.attempts, job.progress_message) == ("started", 1, "fetching the image")
+    service.store_fetched(
+        session,
+        LocalStorage(tmp_path),
+        image,
+        Inspected(format="png", width=64, height=48),
+        b"\x89PNG\r\n\x1a\nrest",
+        "../../photo\x00.png",
+    )
+    assert (image.status, image.width, image.filename) == ("queued", 64, "photo.png")
+    assert image.source_key == f"images/{image.id}/original.png"
+    service.begin_run(session, image, run.job_id, "host")
+    session.refresh(job)
+    # The run's job started once, whichever step came first.
+    assert (job.state, job.attempts, job.progress_message) == ("started", 1, None)
+
+
+def test_a_failed_fetch_cancels_the_steps_that_will_never_run_and_retry_fetches_again(
+    session: Session,
+) -> None:
+    image = _url_image(session)
+    run = service.record_run(session, image, [v.name for v in image.variants])
+    session.commit()
+    service.fail_image(session, image, "fetch failed: url: the server answered 404")
+    assert image.status == "failed"
+    errors = [v.error or "" for v in image.variants]
+    assert all(error.startswith("not attempted: fetch failed") for error in errors)
+    states = session.scalars(select(Job.state).where(Job.root_id == run.job_id)).all()
+    assert set(states) == {"cancelled"}
+    job = session.get(Job, run.job_id)
+    assert job is not None
+    assert job.state == "failed"
+
+    names = service.prepare_retry(session, image, None)
+    assert image.status == "fetching"
+    again = service.record_run(session, image, names, replay_of=run.job_id)
+    assert again.fetch_id is not None

@@ -3,23 +3,18 @@ the sandbox's payment method id; images may wait for their URL to be fetched."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
 from conveyor.core.migrate import alembic_config
 from conveyor.core.settings import Settings
+from tests.integration.conftest import fresh_postgres_database
 
-PG_ADMIN_URL = os.environ.get(
-    "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 STORED = {
     "pay_visa": "4242424242424242",
@@ -34,17 +29,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'migrate.db'}"
         return
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}".splitlines()[0])
-    name = f"conveyor_mig_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres_database("conveyor_mig") as url:
+        yield url
 
 
 def test_card_numbers_are_replaced_and_images_may_wait_for_a_fetch(database_url: str) -> None:

@@ -46,6 +46,8 @@ def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
     monkeypatch.setenv("CONVEYOR_PAYMENTS_GATEWAY_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT_PER_MINUTE", "0")
+    # Limits that would reach for Redis, which is not there: a miss would read as an outage.
+    monkeypatch.setenv("CONVEYOR_API_AUTH_FAILURES_PER_MINUTE", "0")
     # A closed port: the app is built with a broker URL, and nothing here publishes.
     monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
     get_settings.cache_clear()

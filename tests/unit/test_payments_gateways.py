@@ -164,9 +164,7 @@ def test_sandbox_slow_card_charges_then_answers_after_the_client_gave_up(live_sa
     assert found is not None
     assert found.status == "succeeded"
     # Asking again under the same key replays the answer at once, without a second charge.
-    assert SandboxGateway(live_sandbox, timeout=1.0).charge(
-        charge("pay_slow", cards.PM_TIMES_OUT)
-    )
+    assert SandboxGateway(live_sandbox, timeout=1.0).charge(charge("pay_slow", cards.PM_TIMES_OUT))
     stats = httpx.get(f"{live_sandbox}/stats", params={"key": "pay_slow"}).json()
     assert stats["key"]["charges"] == 1
 

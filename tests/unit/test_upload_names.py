@@ -37,6 +37,8 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Te
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", f"sqlite:///{tmp_path / 'api.db'}")
     monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT_PER_MINUTE", "0")
+    # Limits that would reach for Redis, which is not there: a miss would read as an outage.
+    monkeypatch.setenv("CONVEYOR_API_AUTH_FAILURES_PER_MINUTE", "0")
     get_settings.cache_clear()
     Base.metadata.create_all(db.get_engine())
     with db.session_scope() as session:

@@ -38,9 +38,7 @@ def display_name(raw: str | None, *, default: str | None = None) -> str | None:
     if not raw:
         return default
     text = unicodedata.normalize("NFC", raw)
-    text = "".join(
-        " " if ch.isspace() else ch for ch in text if ch.isspace() or _kept(ch)
-    )
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or _kept(ch))
     # Both separators: a Windows client sends `C:\dir\name`, a hostile one `..\..\name`.
     text = re.split(r"[/\\]", text)[-1]
     text = _RESERVED.sub("_", text)

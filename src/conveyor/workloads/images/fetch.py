@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote
 
 import httpcore
 import httpx
@@ -77,7 +76,8 @@ def fetch_image(
                 if received > max_bytes:
                     raise _too_large(max_bytes)
                 chunks.append(chunk)
-            name = display_name(unquote(PurePosixPath(response.url.path).name))
+            # httpx gives the path decoded; the last segment is the server's name for it.
+            name = display_name(PurePosixPath(response.url.path).name)
             return Fetched(b"".join(chunks), name, response.headers.get("content-type"))
     except (BlockedDestination, InvalidUrl) as exc:
         raise RejectedImage(422, f"url: {exc}") from None
@@ -85,7 +85,8 @@ def fetch_image(
         raise FetchUnavailable(
             f"url: the server did not send the image within {deadline:g} s"
         ) from None
-    except httpx.TransportError as exc:
+    except httpx.NetworkError as exc:
+        # Refused, reset, unreachable: often over in a moment.
         raise FetchUnavailable(f"url: could not fetch it ({type(exc).__name__}: {exc})") from None
     except httpx.HTTPError as exc:
         raise RejectedImage(422, f"url: could not fetch it ({type(exc).__name__}: {exc})") from None

@@ -14,13 +14,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core import ledger, outcomes
 from conveyor.core.events import publish_job
 from conveyor.core.filenames import display_name
-from conveyor.core.models import TERMINAL_STATES, Job, JobState
+from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
 from conveyor.core.settings import Settings
 from conveyor.core.storage import NotFound, Storage
 from conveyor.workloads.images.engine import (
@@ -431,6 +431,13 @@ def fail_image(session: Session, image: Image, reason: str) -> None:
         if variant.status not in FINISHED_VARIANT:
             variant.status = VariantStatus.FAILED
             variant.error = f"not attempted: {reason}"[:2000]
+    if image.job_id is not None:
+        # The chain stopped: its steps still queued will never run; the ledger says so.
+        session.execute(
+            update(Job)
+            .where(Job.root_id == image.job_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELLED, finished_at=utcnow(), updated_at=utcnow())
+        )
     session.commit()
     _end_job(session, image, VariantsFailed(reason))
 

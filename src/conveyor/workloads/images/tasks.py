@@ -104,13 +104,16 @@ def fetch(self: FetchTask, image_id: str) -> dict[str, Any]:
         if image.job_id is not None and not replayed:
             service.begin_fetch(self.db, image, image.job_id, self.request.hostname)
         limits = service.limits(settings)
-        fetched = fetch_image(
-            image.source_url,
-            max_bytes=limits.max_bytes,
-            deadline=settings.image_fetch_timeout_seconds,
-        )
-        # A server's names and types are often wrong; only the content decides here.
-        inspected = inspect_upload(fetched.data, limits, field="url")
+        try:
+            fetched = fetch_image(
+                image.source_url,
+                max_bytes=limits.max_bytes,
+                deadline=settings.image_fetch_timeout_seconds,
+            )
+            # A server's names and types are often wrong; only the content decides here.
+            inspected = inspect_upload(fetched.data, limits, field="url")
+        except RejectedImage as exc:
+            raise PermanentError(exc.message) from exc
         storage = get_storage(settings)
         service.store_fetched(self.db, storage, image, inspected, fetched.data, fetched.filename)
     if replayed:

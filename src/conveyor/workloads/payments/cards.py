@@ -94,4 +94,3 @@ def stored_method(raw: str, gateway: str) -> StoredMethod:
     if not luhn_valid(digits):
         raise BadPaymentMethod("payment_method: not a valid card number (check digit)")
     return StoredMethod(sandbox_id(digits), brand_of(digits), digits[-4:])
-
