@@ -102,7 +102,10 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, 90, "conveyor up to be ready", interval=0.5)
+        # The runtime file is written, and the banner printed, once every part answers.
+        runtime = tmp_path / ".conveyor" / "runtime.json"
+        wait_for(runtime.exists, 90, "conveyor up to say it is up", interval=0.5)
+        assert ready()
         # SQLite and the embedded Redis live under .conveyor/ in the working directory.
         assert (tmp_path / ".conveyor" / "conveyor.db").exists()
         assert (tmp_path / ".conveyor" / "redis").is_dir()
