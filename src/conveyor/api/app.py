@@ -12,7 +12,9 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError as SQLAlchemyOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -90,8 +92,8 @@ async def _dependency_down(request: Request, exc: Exception) -> JSONResponse:
     """A broker or database outage is the server's problem, and temporary: 503, not 500."""
     # Redis errors count as the broker's: Redis is the broker, or stands beside it.
     what = "database" if isinstance(exc, SQLAlchemyOperationalError) else "broker"
-    if what == "broker":
-        note_outage()
+    if isinstance(exc, KombuOperationalError | RedisConnectionError | RedisTimeoutError):
+        note_outage()  # unreachable, not merely wrong: fail fast for a moment
     log.error("%s unavailable on %s %s: %s", what, request.method, request.url.path, exc)
     return JSONResponse(
         {"detail": f"the {what} is unavailable; try again shortly"},

@@ -71,7 +71,8 @@ def fail_fast_during_outages() -> None:
 
 
 class _OutageNoting(redis.Connection):
-    """A connection that notes when Redis stops answering."""
+    """A connection that notes when Redis stops answering: a connect that fails, or a reply
+    that times out. A connection the server closed is not an outage (the next one works)."""
 
     def connect(self) -> None:
         try:
@@ -83,7 +84,7 @@ class _OutageNoting(redis.Connection):
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().read_response(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except redis.TimeoutError:
             note_outage()
             raise
 
