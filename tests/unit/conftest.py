@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
     get_settings.cache_clear()
     db.dispose_all()
+    # An API app made by a test marks this process as one that never waits for results.
+    _set_task_join_will_block(False)
 
 
 @pytest.fixture
