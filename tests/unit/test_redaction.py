@@ -188,3 +188,9 @@ def test_card_number_passed_as_integer_is_masked() -> None:
         "number": REDACTED,
         "amount": 1999,
     }
+
+
+def test_the_digit_groups_ending_a_uuid_are_not_a_card_number() -> None:
+    job_id = "df1cda29-206b-4f22-8016-935398168571"
+    assert redact({"job_id": job_id}) == {"job_id": job_id}
+    assert redact("paid with 4242-4242-4242-4242") == "paid with [redacted]"

@@ -13,7 +13,8 @@ SECRET_KEY_PATTERN = re.compile(
     re.IGNORECASE,
 )
 # Long digit runs look like card numbers even when the key name gives nothing away.
-CARD_NUMBER_PATTERN = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
+# Not inside a longer token: the digit groups that end a UUID are not a card number.
+CARD_NUMBER_PATTERN = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
 MAX_STRING = 2000
 MAX_DEPTH = 8
 
