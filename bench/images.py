@@ -209,22 +209,24 @@ def run_conveyor(paths: list[Path], env: dict[str, str], work: Path, concurrency
     from conveyor.core import db
     from conveyor.core.migrate import upgrade
     from conveyor.core.models import Job, JobState
-    from conveyor.core.settings import get_settings
+    from conveyor.core.settings import get_settings, section
     from conveyor.core.storage import get_storage
     from conveyor.workloads.images import pipeline, service, vips
+    from conveyor.workloads.images.settings import ImagesSettings
     from conveyor.workloads.images.validation import inspect_upload
 
     settings = get_settings()
+    images = section(ImagesSettings)
     upgrade(settings)
-    vips.configure(settings.image_vips_concurrency)
-    preset = service.presets(settings)["default"]
+    vips.configure(images.image_vips_concurrency)
+    preset = service.presets(images)["default"]
     storage = get_storage(settings)
     runs = []
     # Uploads first, as the API would take them; they are published once the worker idles.
     upload_started = time.perf_counter()
     for path in paths:
         data = path.read_bytes()
-        inspected = inspect_upload(data, service.limits(settings), filename=path.name)
+        inspected = inspect_upload(data, service.limits(images), filename=path.name)
         with db.session_scope() as session:
             image = service.create_image(
                 session, storage, owner="bench", preset_name="default", preset=preset,

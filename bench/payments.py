@@ -151,15 +151,16 @@ def scenario(
     dup_share: float, timeout_share: float,
 ) -> Run:  # fmt: skip
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM payment_balance_entries")
-        conn.execute("DELETE FROM payments")
+        conn.execute("DELETE FROM conveyor_payment_balance_entries")
+        conn.execute("DELETE FROM conveyor_payments")
     before = httpx.get(f"{gateway}/stats").json()
     requests, dups, timeouts = asyncio.run(send(api, key, count, clients, dup_share, timeout_share))
     deadline = time.monotonic() + 300
     with psycopg.connect(db_url, autocommit=True) as conn:
         while True:
             row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*) FROM payments"
+                "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*)"
+                " FROM conveyor_payments"
             ).fetchone()
             assert row is not None
             if row[0] >= count:
@@ -168,9 +169,9 @@ def scenario(
                 raise SystemExit(f"{name}: only {row[0]} of {row[1]} payments succeeded")
             time.sleep(0.2)
         rows = conn.execute(
-            "SELECT created_at, settled_at FROM payments WHERE state = 'succeeded'"
+            "SELECT created_at, settled_at FROM conveyor_payments WHERE state = 'succeeded'"
         ).fetchall()
-        total = conn.execute("SELECT count(*) FROM payments").fetchone()
+        total = conn.execute("SELECT count(*) FROM conveyor_payments").fetchone()
     if total is None or total[0] != count:
         raise SystemExit(f"{name}: {total} payments for {count} distinct requests")
     after = httpx.get(f"{gateway}/stats").json()

@@ -311,7 +311,7 @@ def main() -> int:
     finally:
         stop(api)
         hot.flushdb()  # no worker will run the queued messages
-    jobs, keys = pg_count(pg_url, "jobs"), pg_count(pg_url, "idempotency_keys")
+    jobs, keys = pg_count(pg_url, "conveyor_jobs"), pg_count(pg_url, "conveyor_idempotency_keys")
     keyed = len(seq[True].latencies) + len(conc[True].latencies)
     print(f"\n  ledger: {jobs} jobs, {keys} idempotency records ({keyed} measured keyed POSTs)")
     if keys < keyed:

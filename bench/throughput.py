@@ -403,7 +403,7 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
     r.flushdb()
     if scenario.tracked:
         with psycopg.connect(setup.pg_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE jobs, dead_letters CASCADE")
+            conn.execute("TRUNCATE conveyor_jobs, conveyor_dead_letters CASCADE")
     env = dict(setup.env(scenario.app, scenario.conf), **dict(scenario.env))
     log = setup.work_dir / f"{scenario.key}.worker.log"
 
@@ -490,7 +490,7 @@ def _wait_drained(
                 if conn is None:
                     return done, time.time(), False
                 row = conn.execute(
-                    "SELECT count(*) FROM jobs WHERE name = %s AND state = 'succeeded'",
+                    "SELECT count(*) FROM conveyor_jobs WHERE name = %s AND state = 'succeeded'",
                     (TRACKED_TASK,),
                 ).fetchone()
                 if row and row[0] >= n:
@@ -550,7 +550,7 @@ def run_api(setup: Setup, r: redis.Redis, passes: list[tuple[int, int]]) -> list
             time.sleep(0.1)
 
         for requests, concurrency in passes:
-            jobs_before = pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs")
+            jobs_before = pg_scalar(setup.pg_url, "SELECT count(*) FROM conveyor_jobs")
             warmup = 2 * concurrency
             gen_argv = [
                 PYTHON, str(BENCH_DIR / "_loadgen.py"), url,
@@ -575,7 +575,7 @@ def run_api(setup: Setup, r: redis.Redis, passes: list[tuple[int, int]]) -> list
             result["cpu_ms_per_request"] = 1000 * (worker_cpu(api.pid)[0] - cpu_before) / served
             result["warmup"] = warmup
             result["ledger_rows_added"] = (
-                pg_scalar(setup.pg_url, "SELECT count(*) FROM jobs") - jobs_before
+                pg_scalar(setup.pg_url, "SELECT count(*) FROM conveyor_jobs") - jobs_before
             )
             result["queued_messages"] = r.llen("default")
             r.flushdb()  # no worker will ever run these

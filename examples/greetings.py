@@ -13,7 +13,7 @@ from conveyor.core.task import ConveyorTask
 OUTBOX = Path("outbox")
 
 
-@shared_task(bind=True, base=ConveyorTask, name="examples.greet", queue="default")
+@shared_task(bind=True, base=ConveyorTask, name="examples.greet")
 def greet(self: ConveyorTask, name: str) -> dict[str, str]:
     """Write a greeting into outbox/; fails for good while that folder is missing."""
     if not OUTBOX.is_dir():

@@ -155,7 +155,7 @@ class FaultStack:
         """State and attempts of each job, read from the ledger itself."""
         with self.database.connect() as connection:
             rows = connection.execute(
-                text("SELECT id, state, attempts FROM jobs WHERE id = ANY(:ids)"),
+                text("SELECT id, state, attempts FROM conveyor_jobs WHERE id = ANY(:ids)"),
                 {"ids": job_ids},
             ).all()
         return {row.id: (row.state, row.attempts) for row in rows}

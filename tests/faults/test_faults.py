@@ -104,7 +104,10 @@ def test_redis_frozen_during_submits(fault_stack: FaultStack, private_redis: Pri
     # The refused ones are recorded as failed or not at all, never left queued for ever.
     with fault_stack.database.connect() as connection:
         stuck = connection.execute(
-            text("SELECT count(*) FROM jobs WHERE state IN ('queued', 'started', 'retrying')")
+            text(
+                "SELECT count(*) FROM conveyor_jobs"
+                " WHERE state IN ('queued', 'started', 'retrying')"
+            )
         ).scalar_one()
     assert stuck == 0
     print(f"redis frozen 8s: {len(answers)} submits, all 503, slowest {slowest:.1f}s")
@@ -152,12 +155,12 @@ def test_postgres_backends_terminated_while_jobs_finish(fault_stack: FaultStack)
     with fault_stack.database.connect() as connection:
         per_job = connection.execute(
             text(
-                "SELECT payload->'data'->>'id' AS job, count(*) FROM webhook_deliveries "
+                "SELECT payload->'data'->>'id' AS job, count(*) FROM conveyor_webhook_deliveries "
                 "WHERE event_type = 'job.succeeded' GROUP BY 1"
             )
         ).all()
         pending = connection.execute(
-            text("SELECT count(*) FROM jobs WHERE events_pending")
+            text("SELECT count(*) FROM conveyor_jobs WHERE events_pending")
         ).scalar_one()
     assert {job: count for job, count in per_job if job in jobs} == dict.fromkeys(jobs, 1)
     assert pending == 0

@@ -19,7 +19,8 @@ import pytest
 import redis
 from PIL import Image
 
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import get_settings, section
+from conveyor.workloads.images.settings import ImagesSettings
 from tests.integration import images_samples as samples
 from tests.integration.conftest import (
     Process,
@@ -250,7 +251,7 @@ def test_bad_uploads_are_refused_before_any_worker(
 
 def test_oversized_uploads_and_bad_fields_get_clear_errors(stack: Stack) -> None:
     _, client = _owner(stack, "img-fields")
-    limit = get_settings().image_max_upload_bytes
+    limit = section(ImagesSettings).image_max_upload_bytes
     with client:
         # Past the body limit: refused before the body is read.
         too_big = _upload(client, b"\xff\xd8\xff" + b"\x00" * (limit + 100_000))

@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import db
 from conveyor.core.models import Base
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import PLATFORM_URLS, get_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No CONVEYOR_* variable from the caller's shell, no stray `.env`, no cached settings."""
+    """No CONVEYOR_* variable (nor REDIS_URL, DATABASE_URL) from the caller's shell, no stray
+    `.env`, no cached settings."""
     for name in list(os.environ):
-        if name.upper().startswith("CONVEYOR_"):
+        if name.upper().startswith("CONVEYOR_") or name in PLATFORM_URLS.values():
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()

@@ -12,7 +12,7 @@ import pytest
 from conveyor.core.celery_app import celery_config, queue_for, route_task
 from conveyor.core.settings import Settings
 
-ALL_QUEUES = {"email", "images", "payments", "reports", "scraping", "webhooks", "default"}
+ALL_QUEUES = {"email", "images", "payments", "webhooks", "default"}
 
 
 @pytest.fixture
@@ -104,11 +104,10 @@ def test_settings_flow_into_the_config(tmp_path: Path) -> None:
         ("conveyor.workloads.email.send", "email"),
         ("conveyor.workloads.images.resize", "images"),
         ("conveyor.workloads.payments.charge", "payments"),
-        ("conveyor.workloads.reports.build", "reports"),
-        ("conveyor.workloads.scraping.fetch", "scraping"),
+        ("conveyor.workloads.reports.build", "default"),
         ("conveyor.webhooks.deliver", "webhooks"),
         ("conveyor.workloads.unknown.thing", "default"),
-        ("conveyor.workloads.email", "email"),
+        ("conveyor.workloads.email", "default"),
         ("conveyor.workloads", "default"),
         ("conveyor.diagnostics.run", "default"),
         ("conveyor.maintenance.purge_dead_letters", "default"),
@@ -125,8 +124,8 @@ def test_queue_for_routes_by_task_name(task_name: str, queue: str) -> None:
 
 
 def test_an_explicit_queue_option_wins() -> None:
-    assert route_task("conveyor.workloads.email.send", (), {}, {"queue": "reports"}) == {
-        "queue": "reports"
+    assert route_task("conveyor.workloads.email.send", (), {}, {"queue": "images"}) == {
+        "queue": "images"
     }
     assert route_task("conveyor.webhooks.deliver", [], {}, {"queue": "default"}) == {
         "queue": "default"
@@ -162,3 +161,105 @@ def test_configuration_is_read_again_after_settings_could_not_be(
     assert app.conf.broker_url == "redis://cache:6379/4"
     assert app.conf.task_acks_late is True
     assert "conveyor.diagnostics.tasks" in app.conf.include
+
+
+@pytest.fixture
+def declared(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from conveyor.core.settings import get_settings
+
+    def declare(**env: str) -> None:
+        for name, value in env.items():
+            monkeypatch.setenv(f"CONVEYOR_{name.upper()}", value)
+        get_settings.cache_clear()
+
+    yield declare
+    get_settings.cache_clear()
+
+
+def test_your_queues_are_declared_and_route_by_pattern(declared: Any) -> None:
+    declared(
+        queues="billing=myapp.billing.*|myapp.invoices.*, exports",
+        redis_url="redis://127.0.0.1:6379/0",
+    )
+    from conveyor.core.settings import get_settings
+
+    config = celery_config(get_settings())
+    names = {queue.name for queue in config["task_queues"]}
+    assert names == ALL_QUEUES | {"billing", "exports"}
+    assert queue_for("myapp.billing.charge") == "billing"
+    assert queue_for("myapp.invoices.send") == "billing"
+    assert queue_for("myapp.other") == "default"
+    assert route_task("myapp.report", (), {}, {"queue": "exports"}) == {"queue": "exports"}
+
+
+def test_your_pattern_wins_over_a_workloads(declared: Any) -> None:
+    declared(queues="bulk=conveyor.workloads.email.send_batch*")
+    assert queue_for("conveyor.workloads.email.send_batch_chunk") == "bulk"
+    assert queue_for("conveyor.workloads.email.send") == "email"
+
+
+def test_an_undeclared_queue_is_an_error_naming_the_setting(declared: Any) -> None:
+    from conveyor.core.workloads import UnknownQueue
+
+    declared(queues="billing")
+    with pytest.raises(UnknownQueue, match=r"queue 'reports'.*CONVEYOR_QUEUES \(declared: billing"):
+        route_task("myapp.report", (), {}, {"queue": "reports"})
+    task = SimpleNamespace(queue="invoices")
+    with pytest.raises(UnknownQueue, match="myapp.invoice goes to queue 'invoices'"):
+        route_task("myapp.invoice", (), {}, {}, task=task)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("bill ing", "'bill ing' is not a queue name"),
+        ("billing,billing", "queue 'billing' is declared twice"),
+        ("=myapp.*", "'' is not a queue name"),
+    ],
+)
+def test_a_malformed_queue_declaration_names_the_setting(
+    value: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.core.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("CONVEYOR_QUEUES", value)
+    with pytest.raises(SettingsError, match=f"CONVEYOR_QUEUES.*{message}"):
+        load_settings()
+
+
+def test_workloads_can_be_chosen_and_a_typo_is_named(declared: Any) -> None:
+    from conveyor.core import workloads
+    from conveyor.core.settings import SettingsError, get_settings
+
+    declared(workloads="none")
+    assert workloads.queues(get_settings()) == ["webhooks", "default"]
+    assert "conveyor.workloads.email.tasks" not in workloads.task_modules(get_settings())
+    assert queue_for("conveyor.workloads.email.send") == "default"
+    declared(workloads="email")
+    assert workloads.queues(get_settings()) == ["email", "webhooks", "default"]
+    declared(workloads="email,emial")
+    with pytest.raises(SettingsError, match="CONVEYOR_WORKLOADS names 'emial', which is not"):
+        workloads.enabled(get_settings())
+
+
+def test_every_installed_workload_registers_through_the_entry_point_group() -> None:
+    from conveyor.core import workloads
+
+    installed = workloads.installed()
+    assert {"email", "images", "payments"} <= set(installed)
+    for workload in installed.values():
+        assert workload.tasks.startswith("conveyor.workloads.")
+
+
+def test_submitting_to_an_undeclared_queue_fails_before_anything_is_recorded(
+    declared: Any, tmp_path: Path
+) -> None:
+    from conveyor.core.jobs import Submission, submit
+    from conveyor.core.workloads import UnknownQueue
+
+    database = tmp_path / "ledger.db"
+    declared(database_url=f"sqlite:///{database}", redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(UnknownQueue, match="myapp.bill goes to queue 'billing'.*CONVEYOR_QUEUES"):
+        submit(Submission("myapp.bill", queue="billing"))
+    # Refused before the ledger was opened: no database file was even created.
+    assert not database.exists()

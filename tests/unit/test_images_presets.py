@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from conveyor.core.settings import SettingsError, load_settings
+from conveyor.core.settings import SettingsError, section
 from conveyor.workloads.images.presets import BUILTIN, parse_presets
+from conveyor.workloads.images.settings import ImagesSettings
 
 
 def test_the_builtin_default_preset() -> None:
@@ -72,4 +73,4 @@ def test_bad_presets_say_what_is_wrong(text: str, message: str) -> None:
 def test_a_bad_preset_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_IMAGE_PRESETS", '{"p": {"variants": []}}')
     with pytest.raises(SettingsError, match="CONVEYOR_IMAGE_PRESETS: preset 'p'"):
-        load_settings()
+        section(ImagesSettings)

@@ -42,7 +42,7 @@ def test_card_numbers_are_replaced_and_images_may_wait_for_a_fetch(database_url:
             for payment_id, method in STORED.items():
                 connection.execute(
                     text(
-                        "INSERT INTO payments (id, owner, customer_id, amount, currency,"
+                        "INSERT INTO conveyor_payments (id, owner, customer_id, amount, currency,"
                         " payment_method, state, amount_captured, amount_refunded,"
                         " amount_refund_pending, attempts, created_at, updated_at)"
                         " VALUES (:id, 'o', 'c', 100, 'USD', :method, 'succeeded', 100, 0, 0,"
@@ -53,7 +53,7 @@ def test_card_numbers_are_replaced_and_images_may_wait_for_a_fetch(database_url:
         command.upgrade(config, "0007")
         with engine.begin() as connection:
             rows = connection.execute(
-                text("SELECT id, payment_method, card_brand, card_last4 FROM payments")
+                text("SELECT id, payment_method, card_brand, card_last4 FROM conveyor_payments")
             ).all()
             got = {row[0]: tuple(row[1:]) for row in rows}
             assert got == {
@@ -65,16 +65,18 @@ def test_card_numbers_are_replaced_and_images_may_wait_for_a_fetch(database_url:
             # An image recorded before its URL is fetched has no source yet.
             connection.execute(
                 text(
-                    "INSERT INTO images (id, owner, preset, status, source_url, created_at,"
-                    " updated_at) VALUES ('img1', 'o', 'default', 'fetching',"
+                    "INSERT INTO conveyor_images (id, owner, preset, status, source_url,"
+                    " created_at, updated_at) VALUES ('img1', 'o', 'default', 'fetching',"
                     " 'https://example.com/a.jpg', :now, :now)"
                 ),
                 {"now": NOW},
             )
         command.downgrade(config, "0006")
         with engine.begin() as connection:
-            methods = connection.execute(text("SELECT payment_method FROM payments")).scalars()
+            methods = connection.execute(
+                text("SELECT payment_method FROM conveyor_payments")
+            ).scalars()
             assert "4242424242424242" not in set(methods)  # gone for good
-            assert connection.execute(text("SELECT count(*) FROM images")).scalar() == 0
+            assert connection.execute(text("SELECT count(*) FROM conveyor_images")).scalar() == 0
     finally:
         engine.dispose()

@@ -143,7 +143,7 @@ def test_a_write_that_lost_its_connection_is_tried_again(monkeypatch: pytest.Mon
     def flaky() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise OperationalError("UPDATE jobs", {}, Exception("terminating connection"))
+            raise OperationalError("UPDATE conveyor_jobs", {}, Exception("terminating connection"))
         return "written"
 
     assert retry_on_disconnect(flaky) == "written"

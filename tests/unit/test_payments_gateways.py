@@ -16,7 +16,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conveyor.core.settings import Settings
 from conveyor.webhooks.signing import generate_secret, verify
 from conveyor.workloads.payments.gateway import (
     ChargeRequest,
@@ -28,6 +27,7 @@ from conveyor.workloads.payments.gateway import (
 from conveyor.workloads.payments.sandbox import core as cards
 from conveyor.workloads.payments.sandbox.app import create_app
 from conveyor.workloads.payments.sandbox.client import SandboxGateway
+from conveyor.workloads.payments.settings import PaymentsSettings
 from conveyor.workloads.payments.stripe_gateway import StripeGateway
 
 # --- a loopback server that records requests and answers from a plan ---------------------
@@ -97,7 +97,7 @@ def recorder() -> Iterator[Recorder]:
 
 
 def sandbox(**settings: Any) -> tuple[TestClient, SandboxGateway]:
-    app = create_app(Settings(**settings))
+    app = create_app(PaymentsSettings(**settings))
     client = TestClient(app)
     return client, SandboxGateway("http://sandbox", timeout=5, client=client)
 
@@ -144,7 +144,7 @@ def live_sandbox() -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(Settings(sandbox_slow_seconds=2.0))
+    app = create_app(PaymentsSettings(sandbox_slow_seconds=2.0))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -198,7 +198,7 @@ def test_sandbox_error_rate_injects_5xx(recorder: Recorder) -> None:
 def test_sandbox_posts_signed_events(recorder: Recorder) -> None:
     secret = generate_secret()
     app = create_app(
-        Settings(
+        PaymentsSettings(
             sandbox_webhook_url=recorder.url + "/events", payments_gateway_webhook_secret=secret
         )
     )

@@ -14,6 +14,7 @@ from conveyor.core.settings import (
     get_settings,
     load_settings,
 )
+from conveyor.workloads.email.settings import EmailSettings
 
 # Limits that satisfy every cross-field rule, for tests that change one of them.
 CONSISTENT_LIMITS = {
@@ -164,8 +165,8 @@ def test_dotenv_in_the_working_directory_is_read(
     monkeypatch.setenv("CONVEYOR_SMTP_PORT", "2626")
     settings = Settings()
     assert settings.api_port == 9100
-    # The real environment wins over `.env`.
-    assert settings.smtp_port == 2626
+    # The real environment wins over `.env`, in a workload's section too.
+    assert EmailSettings().smtp_port == 2626
 
 
 def test_get_settings_is_cached_until_cleared(monkeypatch: pytest.MonkeyPatch) -> None:

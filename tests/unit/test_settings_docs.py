@@ -6,10 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from conveyor.core import settings_docs
+from conveyor.core import settings_docs, workloads
 from conveyor.core.settings import Settings, get_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
@@ -33,15 +34,39 @@ def test_markdown_option_prints_the_docs() -> None:
     assert run_settings("--markdown") == settings_docs.markdown()
 
 
+def every_settings_class() -> list[type[BaseSettings]]:
+    return [Settings, *(cls for _, cls in workloads.settings_classes())]
+
+
 def test_every_field_has_a_description() -> None:
-    fields = Settings.model_fields
-    assert [name for name, info in fields.items() if not (info.description or "").strip()] == []
+    undescribed = [
+        f"{cls.__name__}.{name}"
+        for cls in every_settings_class()
+        for name, info in cls.model_fields.items()
+        if not (info.description or "").strip()
+    ]
+    assert undescribed == []
 
 
 def test_every_field_is_in_exactly_one_group() -> None:
     counts = Counter(name for fields in settings_docs.GROUPS.values() for name in fields)
     assert {name for name, count in counts.items() if count > 1} == set()
     assert set(counts) == set(Settings.model_fields)
+    # Each workload's fields once, in its own group, and none of them a core name too.
+    shown = Counter(doc.name for doc in settings_docs.describe())
+    every = [name for cls in every_settings_class() for name in cls.model_fields]
+    assert sorted(shown.elements()) == sorted(every)
+    assert {name for name, count in shown.items() if count > 1} == set()
+
+
+def test_each_workload_has_its_own_group_after_the_core_ones() -> None:
+    titles = list(dict.fromkeys(doc.group for doc in settings_docs.describe()))
+    core = list(settings_docs.GROUPS)
+    assert titles[: len(core)] == core
+    assert titles[len(core) :] == ["Email workload", "Images workload", "Payments workload"]
+    docs = {doc.name: doc for doc in settings_docs.describe()}
+    assert docs["email_from"].group == "Email workload"
+    assert docs["file_max_upload_bytes"].group == "Storage"
 
 
 def test_pipes_are_escaped_in_markdown_cells() -> None:
@@ -68,6 +93,14 @@ def test_changed_lists_only_changed_settings(monkeypatch: pytest.MonkeyPatch) ->
     assert "CONVEYOR_API_PORT" in output
     assert "8123" in output
     assert "CONVEYOR_API_HOST" not in output
+
+
+def test_changed_includes_workload_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_EMAIL_FROM", "Acme <hello@example.com>")
+    output = run_settings("--changed")
+    assert "CONVEYOR_EMAIL_FROM" in output
+    assert "hello@example.com" in output
+    assert "CONVEYOR_SMTP_HOST" not in output
 
 
 def test_unset_and_path_defaults_are_shown_as_text() -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -20,18 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api import dead_letters, diagnostics, files, health, jobs, webhooks
-from conveyor.api.event_hub import EventHub
+from conveyor import __version__
 from conveyor.api.limits import BodySizeLimit
+from conveyor.api.mount import Conveyor
 from conveyor.api.outage import FailFastDuringOutage
 from conveyor.api.security import API_HEADERS, SecurityHeaders
-from conveyor.core.celery_app import use_request_timeouts
 from conveyor.core.metrics import http_latency, http_requests
-from conveyor.core.redis_client import fail_fast_during_outages, note_outage
-from conveyor.core.settings import Settings, get_settings
-from conveyor.workloads.email import api as email_api
-from conveyor.workloads.images import api as images_api
-from conveyor.workloads.payments import api as payments_api
+from conveyor.core.redis_client import note_outage
+from conveyor.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +133,14 @@ class RequestMetrics:
             http_latency.labels(method, template).observe(time.perf_counter() - started)
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    await app.state.event_hub.close()
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    use_request_timeouts()
-    fail_fast_during_outages()
+    """Conveyor as its own application (`conveyor api`): the Conveyor router, its error shapes,
+    body limits, outage handling, security headers and metrics."""
+    conveyor = Conveyor(settings)
     app = FastAPI(
-        lifespan=_lifespan,
+        lifespan=conveyor.lifespan,
         title="Conveyor",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         openapi_tags=[
             {"name": "jobs", "description": "Every tracked job, its progress and its outcome."},
@@ -162,32 +150,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "health", "description": "Probes and metrics; no key needed."},
         ],
     )
+    add_exception_handlers(app)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=conveyor.settings.max_body_bytes, per_prefix=conveyor.body_limits()
+    )
+    app.add_middleware(FailFastDuringOutage)
+    app.add_middleware(RequestMetrics)
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeaders, docs_paths=[path for path in docs if path])
+    app.include_router(conveyor.health_router)
+    app.include_router(conveyor.router)
+    return app
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    """Conveyor's error shapes: 400/422 naming the field, 503 with Retry-After on an outage."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     outages = (KombuOperationalError, RedisError, SQLAlchemyOperationalError)
     for outage in outages:
         app.add_exception_handler(outage, _dependency_down)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.max_body_bytes,
-        per_prefix={
-            "/api/v1/emails/batch": settings.email_batch_max_body_bytes,
-            # Room for the multipart framing around the file itself.
-            "/api/v1/images": settings.image_max_upload_bytes + 64 * 1024,
-            "/api/v1/files": settings.file_max_upload_bytes + 64 * 1024,
-        },
-    )
-    app.add_middleware(FailFastDuringOutage)
-    app.add_middleware(RequestMetrics)
-    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(SecurityHeaders, docs_paths=[path for path in docs if path])
-    # One pub/sub connection for every event stream this process serves.
-    app.state.event_hub = EventHub()
-    for module in (health, jobs, dead_letters, diagnostics):
-        app.include_router(module.router)
-    app.include_router(webhooks.router)
-    app.include_router(files.router)
-    for workload in (email_api, payments_api, images_api):
-        app.include_router(workload.router)
-    return app

@@ -32,9 +32,16 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 @dataclass(frozen=True)
 class Caller:
-    key_id: str
+    """Who is asking: an API key, or a user of an app that mounts Conveyor with its own auth."""
+
     owner: str
-    is_admin: bool
+    is_admin: bool = False
+    # What rate limits and stream caps are counted by; an app's user is counted by owner.
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key_id:
+            object.__setattr__(self, "key_id", f"owner:{self.owner}")
 
     @property
     def scope(self) -> str | None:
@@ -54,6 +61,10 @@ def get_caller(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
+    # An app that mounts Conveyor with its own authentication has identified the caller.
+    identified = getattr(request.state, "caller", None)
+    if isinstance(identified, Caller):
+        return identified
     if credentials is None:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     address = request.client.host if request.client else "unknown"

@@ -108,5 +108,6 @@ async def job_events(job_id: str, request: Request, caller: CallerDep) -> Stream
     first = await job_stream.snapshot(job_id, caller.scope)
     if first is None:
         raise _not_found()
-    hub: EventHub = request.app.state.event_hub
+    # Put there by the Conveyor router: one hub per process, wherever the router is mounted.
+    hub: EventHub = request.state.event_hub
     return await job_stream.open_stream(request, hub, job_id, caller.scope, caller.key_id, first)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -10,6 +11,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
 
+from conveyor import __version__
 from conveyor.cli import cleanup, dead_letters, flower, jobs, keys, run, settings, status, up
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import SettingsError, get_settings
@@ -32,11 +34,36 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(dead_letters.app, name="dead-letters")
 
+VERSION_FLAGS = ("--version", "-V")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"conveyor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            *VERSION_FLAGS,
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 def main() -> None:
     err = Console(stderr=True)
     try:
-        get_settings()
+        # The version must print even where the configuration is broken.
+        if not set(sys.argv[1:2]) & set(VERSION_FLAGS):
+            get_settings()
         app()
     except SettingsError as exc:
         err.print(f"[red]conveyor: {exc}[/red]", highlight=False, soft_wrap=True)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from conveyor.cli.render import make_console, when
+from conveyor.cli.render import AsJson, letter_json, make_console, print_json, when
 from conveyor.cli.system import ledger_session, require_broker
 from conveyor.core import dead_letters, jobs
 from conveyor.core.cleanup import prune_dead_letters
@@ -28,11 +28,16 @@ def list_letters(
     limit: Annotated[
         int, typer.Option(min=1, max=1000, metavar="N", help="How many to show.")
     ] = 20,
+    as_json: AsJson = False,
 ) -> None:
     """Newest first."""
     table = Table("id", "task", "reason", "error", "attempts", "failed", "replayed as")
     with ledger_session() as session:
-        for letter in dead_letters.list_letters(session, task_name=task, limit=limit):
+        letters = dead_letters.list_letters(session, task_name=task, limit=limit)
+        if as_json:
+            print_json([letter_json(letter) for letter in letters])
+            return
+        for letter in letters:
             table.add_row(
                 letter.id,
                 letter.task_name,

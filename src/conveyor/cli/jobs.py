@@ -10,10 +10,10 @@ import typer
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from conveyor.cli.render import make_console, progress, state, when
+from conveyor.cli.render import AsJson, make_console, print_json, progress, state, when
 from conveyor.cli.system import ledger_session, require_broker
 from conveyor.core import jobs, ledger
-from conveyor.core.models import TERMINAL_STATES, JobState
+from conveyor.core.models import TERMINAL_STATES, Job, JobState
 
 app = typer.Typer(help="Jobs in the ledger.", no_args_is_help=True)
 console = make_console()
@@ -32,12 +32,16 @@ def list_jobs(
     limit: Annotated[
         int, typer.Option(min=1, max=1000, metavar="N", help="How many to show.")
     ] = 20,
+    as_json: AsJson = False,
 ) -> None:
     """Newest jobs first."""
     with ledger_session() as session:
         rows, _ = ledger.list_jobs(
             session, owner=owner, state=state_filter, queue=queue, limit=limit
         )
+    if as_json:
+        print_json([_job_json(job) for job in rows])
+        return
     table = Table("id", "name", "queue", "state", "progress", "attempts", "created", "finished")
     for job in rows:
         table.add_row(
@@ -51,6 +55,20 @@ def list_jobs(
             when(job.finished_at),
         )
     console.print(table)
+
+
+def _job_json(job: Job) -> dict[str, object]:
+    """A row of `jobs list` as JSON: the table's columns, nothing of args or results."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "queue": job.queue,
+        "state": job.state,
+        "progress": {"current": job.progress_current, "total": job.progress_total},
+        "attempts": job.attempts,
+        "created_at": ledger.iso(job.created_at),
+        "finished_at": ledger.iso(job.finished_at),
+    }
 
 
 def _load(job_id: str) -> dict[str, object]:

@@ -8,9 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from conveyor.cli.render import make_console, when
+from conveyor.cli.render import AsJson, make_console, print_json, when
 from conveyor.cli.system import ledger_session
 from conveyor.core import api_keys
+from conveyor.core.ledger import iso
 
 app = typer.Typer(help="API keys.", no_args_is_help=True)
 console = make_console()
@@ -63,11 +64,30 @@ def create(
 
 
 @app.command("list")
-def list_keys() -> None:
+def list_keys(as_json: AsJson = False) -> None:
     """List keys (never the secrets)."""
     table = Table("id", "name", "owner", "prefix", "admin", "created", "last used", "revoked")
     with ledger_session() as session:
-        for key in api_keys.list_keys(session):
+        records = api_keys.list_keys(session)
+        if as_json:
+            # Named fields, never the whole row: the row holds the key's hash.
+            print_json(
+                [
+                    {
+                        "id": key.id,
+                        "name": key.name,
+                        "owner": key.owner,
+                        "prefix": key.prefix,
+                        "admin": key.is_admin,
+                        "created_at": iso(key.created_at),
+                        "last_used_at": iso(key.last_used_at),
+                        "revoked_at": iso(key.revoked_at),
+                    }
+                    for key in records
+                ]
+            )
+            return
+        for key in records:
             table.add_row(
                 key.id,
                 key.name,

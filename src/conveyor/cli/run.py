@@ -1,4 +1,4 @@
-"""`conveyor api`, `worker`, `beat` and `db upgrade`."""
+"""`conveyor api`, `worker` and `beat`; `conveyor db` is in database.py."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from conveyor.core import api_keys
+from conveyor.cli import database
+from conveyor.core import api_keys, workloads
 from conveyor.core.db import session_scope
 from conveyor.core.preflight import require_database, require_redis, require_task_modules
-from conveyor.core.settings import QUEUES, get_settings
+from conveyor.core.settings import get_settings
 
 console = Console(stderr=True)
 # `conveyor worker -c` and `conveyor up -c`.
@@ -23,7 +24,7 @@ Concurrency = Annotated[
         help="Worker processes. Default: CONVEYOR_WORKER_CONCURRENCY, else one per CPU.",
     ),
 ]
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = database.app
 
 
 def run_migrations() -> None:
@@ -41,17 +42,6 @@ def bootstrap_key() -> None:
         created = api_keys.ensure_key(session, secret.get_secret_value())
     if created:
         console.print("[green]created the admin key from CONVEYOR_BOOTSTRAP_API_KEY[/green]")
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-) -> None:
-    """Apply database migrations (Alembic) up to REVISION."""
-    from conveyor.core.migrate import upgrade
-
-    upgrade(get_settings(), revision)
-    console.print(f"[green]database at {revision}[/green]")
 
 
 def api(
@@ -84,8 +74,11 @@ def api(
 
 def worker(
     queues: Annotated[
-        str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")
-    ] = ",".join(QUEUES),
+        str | None,
+        typer.Option(
+            "--queues", "-Q", help="Comma-separated queues to consume (default: every queue)."
+        ),
+    ] = None,
     concurrency: Concurrency = None,
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
 ) -> None:
@@ -95,6 +88,7 @@ def worker(
     require_task_modules()
     from conveyor.worker import app
 
+    queues = queues or ",".join(workloads.queues(get_settings()))
     argv = ["worker", "-Q", queues, "--loglevel", loglevel]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]

@@ -5,43 +5,60 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from conveyor.cli.render import make_console, state, when
+from conveyor.cli.render import AsJson, letter_json, make_console, print_json, state, when
 from conveyor.cli.system import describe, ledger_session, require_broker
 from conveyor.core import dead_letters, ledger
 from conveyor.core.celery_app import get_celery
 from conveyor.core.health import live_workers
+from conveyor.core.redaction import safe_url
 from conveyor.core.redis_client import get_redis
-from conveyor.core.settings import QUEUES, get_settings
+from conveyor.core.settings import Settings, get_settings
+from conveyor.core.workloads import queues
 
 console = make_console()
 
 
-def status() -> None:
+def status(as_json: AsJson = False) -> None:
     """Queue depths, live workers, jobs by state and the latest dead letters."""
     settings = get_settings()
     with ledger_session() as session:
         counts = ledger.count_by_state(session)
         letters = dead_letters.list_letters(session, limit=10)
     require_broker()
+    depths = _queue_depths(settings)
+    app = get_celery()
+    names = live_workers(app)
+    active = app.control.inspect(destination=names, timeout=1.0).active() if names else None
+    held = {name: len((active or {}).get(name, [])) for name in names}
+    if as_json:
+        print_json(
+            {
+                **_system(settings),
+                "queues": depths,
+                "workers": [{"name": name, "active_jobs": held[name]} for name in names],
+                "jobs": dict(sorted(counts.items())),
+                "dead_letters": [letter_json(letter) for letter in letters],
+            }
+        )
+        if not names:
+            make_console(stderr=True).print("[red]no worker answered[/red]")
+            raise typer.Exit(1)
+        return
+
     system = Table.grid(padding=(0, 2))
     for label, value in describe(settings):
         system.add_row(label, value)
     console.print(system)
-    queues = Table("queue", "waiting", title="Queues")
-    if settings.broker.startswith(("redis://", "rediss://")):
-        client = get_redis()
-        for queue in QUEUES:
-            queues.add_row(queue, str(client.llen(queue)))
-    else:
-        queues.add_row("(broker is not Redis)", "")
-    console.print(queues)
+    queue_table = Table("queue", "waiting", title="Queues")
+    for queue, waiting in (depths or {}).items():
+        queue_table.add_row(queue, str(waiting))
+    if depths is None:
+        queue_table.add_row("(broker is not Redis)", "")
+    console.print(queue_table)
 
-    app = get_celery()
     workers = Table("worker", "active jobs", title="Workers")
-    names = live_workers(app)
-    active = app.control.inspect(destination=names, timeout=1.0).active() if names else None
     for name in names:
-        workers.add_row(name, str(len((active or {}).get(name, []))))
+        workers.add_row(name, str(held[name]))
     if not names:
         workers.add_row("[red]no worker answered[/red]", "")
     console.print(workers)
@@ -63,3 +80,23 @@ def status() -> None:
     console.print(failures)
     if not names:
         raise typer.Exit(1)
+
+
+def _queue_depths(settings: Settings) -> dict[str, int] | None:
+    """Messages waiting per queue; None when the broker is not Redis and cannot say."""
+    if not settings.broker.startswith(("redis://", "rediss://")):
+        return None
+    client = get_redis()
+    return {queue: int(client.llen(queue)) for queue in queues(settings)}
+
+
+def _system(settings: Settings) -> dict[str, object]:
+    """Which Redis, database and API this command read, passwords cut out of the URLs."""
+    return {
+        "redis": {"url": safe_url(settings.redis), "source": settings.source_of("redis_url")},
+        "database": {
+            "url": safe_url(settings.database),
+            "source": settings.source_of("database_url"),
+        },
+        "api_url": settings.runtime.api_url if settings.runtime is not None else None,
+    }

@@ -18,12 +18,15 @@ from rich.console import Console
 from rich.panel import Panel
 
 from conveyor.cli.run import Concurrency, bootstrap_key, run_migrations
+from conveyor.core import workloads
 from conveyor.core.preflight import require_database, require_redis, require_task_modules
 from conveyor.core.redaction import safe_url
 from conveyor.core.runtime import AlreadyRunning, Runtime, UpLock
-from conveyor.core.settings import QUEUES, Settings, SettingsError, get_settings
+from conveyor.core.settings import Settings, SettingsError, get_settings, section
 from conveyor.local.ports import choose_port, listening
 from conveyor.local.supervisor import Supervisor
+from conveyor.workloads.email.settings import EmailSettings
+from conveyor.workloads.payments.settings import SANDBOX_URL, PaymentsSettings
 
 console = Console(stderr=True)
 # A cold worker on a busy machine takes several seconds to answer its first ping.
@@ -45,7 +48,8 @@ class Plan:
 
 
 def plan_ports(settings: Settings) -> Plan:
-    pinned = settings.model_fields_set
+    email, payments = section(EmailSettings), section(PaymentsSettings)
+    pinned = settings.model_fields_set | email.model_fields_set | payments.model_fields_set
 
     def pick(setting: str, host: str, port: int) -> int:
         chosen = choose_port(f"CONVEYOR_{setting.upper()}", host, port, pinned=setting in pinned)
@@ -56,10 +60,10 @@ def plan_ports(settings: Settings) -> Plan:
     plan = Plan(api_port=settings.api_port, sink_port=None, gateway_port=None)
     plan.api_port = pick("api_port", settings.api_host, settings.api_port)
     if "smtp_host" not in pinned:
-        plan.sink_port = pick("smtp_port", "127.0.0.1", settings.smtp_port)
-    if settings.payments_gateway == "sandbox":
+        plan.sink_port = pick("smtp_port", "127.0.0.1", email.smtp_port)
+    if payments.payments_gateway == "sandbox":
         plan.gateway_port = pick(
-            "sandbox_gateway_port", settings.sandbox_gateway_host, settings.sandbox_gateway_port
+            "sandbox_gateway_port", payments.sandbox_gateway_host, payments.sandbox_gateway_port
         )
     if settings.worker_metrics_port:
         choose_port(
@@ -193,7 +197,7 @@ def _start_parts(
     if plan.gateway_port is not None:
         from conveyor.webhooks.signing import generate_secret
 
-        host, gateway = settings.sandbox_gateway_host, plan.gateway_port
+        host, gateway = section(PaymentsSettings).sandbox_gateway_host, plan.gateway_port
         env["CONVEYOR_SANDBOX_GATEWAY_PORT"] = str(gateway)
         env.setdefault("CONVEYOR_PAYMENTS_GATEWAY_URL", f"http://{host}:{gateway}")
         # One secret for this run, shared by the sandbox (signs) and the API (verifies).
@@ -207,7 +211,7 @@ def _start_parts(
         checks.append(("sandbox gateway", lambda: listening(host, gateway)))
 
     worker_argv = [python, "-m", "celery", "-A", "conveyor.worker", "worker"]
-    worker_argv += ["-Q", ",".join(QUEUES), "--loglevel", "INFO"]
+    worker_argv += ["-Q", ",".join(workloads.queues(settings)), "--loglevel", "INFO"]
     if concurrency:
         worker_argv += ["--concurrency", str(concurrency)]
     supervisor.start("worker", worker_argv)
@@ -279,6 +283,7 @@ def _wait_until_up(supervisor: Supervisor, checks: list[tuple[str, Callable[[], 
 
 
 def _runtime(settings: Settings, plan: Plan) -> Runtime:
+    email, payments = section(EmailSettings), section(PaymentsSettings)
     return Runtime(
         pid=os.getpid(),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -286,11 +291,11 @@ def _runtime(settings: Settings, plan: Plan) -> Runtime:
         redis_url=settings.redis,
         database_url=settings.database,
         api_url=_api_url(settings, plan),
-        smtp=f"{settings.smtp_host}:{plan.sink_port or settings.smtp_port}",
-        payments_gateway_url=(
-            f"http://{settings.sandbox_gateway_host}:{plan.gateway_port}"
+        smtp=f"{email.smtp_host}:{plan.sink_port or email.smtp_port}",
+        urls=(
+            {SANDBOX_URL: f"http://{payments.sandbox_gateway_host}:{plan.gateway_port}"}
             if plan.gateway_port
-            else None
+            else {}
         ),
     )
 
@@ -303,9 +308,9 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
         else f"{runtime.smtp} (SMTP)"
     )
     payments = (
-        f"{runtime.payments_gateway_url} (sandbox gateway)"
-        if runtime.payments_gateway_url
-        else f"{settings.payments_gateway} gateway"
+        f"{runtime.urls[SANDBOX_URL]} (sandbox gateway)"
+        if SANDBOX_URL in runtime.urls
+        else f"{section(PaymentsSettings).payments_gateway} gateway"
     )
     lines = [
         f"API       {base}",
@@ -316,7 +321,7 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
         f"Mail      {mail}",
         f"Payments  {payments}",
         f"Database  {safe_url(settings.database)}",
-        f"Queues    {', '.join(QUEUES)}",
+        f"Queues    {', '.join(workloads.queues(settings))}",
         *(f"Note      {note}" for note in plan.notes),
         "",
         f"Found by `conveyor` and your code run from {Path.cwd()},",

@@ -10,38 +10,32 @@ from celery import Celery
 from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 from kombu import Queue
 
-from conveyor.core.settings import QUEUES, WORKLOAD_QUEUES, Settings, SettingsError, get_settings
-
-# Modules whose tasks every worker registers.
-TASK_MODULES = [
-    "conveyor.diagnostics.tasks",
-    "conveyor.core.maintenance",
-    "conveyor.webhooks.tasks",
-    "conveyor.workloads.email.tasks",
-    "conveyor.workloads.payments.tasks",
-    "conveyor.workloads.images.tasks",
-]
+from conveyor.core import workloads
+from conveyor.core.settings import Settings, SettingsError, get_settings
 
 _lock = threading.Lock()
 _modules_imported = False
 
 
-def queue_for(task_name: str) -> str:
-    """Each workload has its own queue, so a slow one never starves another."""
-    parts = task_name.split(".")
-    if parts[:2] == ["conveyor", "workloads"] and len(parts) >= 3 and parts[2] in WORKLOAD_QUEUES:
-        return parts[2]
-    if task_name.startswith("conveyor.webhooks."):
-        return "webhooks"
-    return "default"
+def queue_for(task_name: str, app: Celery | None = None) -> str:
+    """The task's own `queue`, else the first CONVEYOR_QUEUES or workload pattern matching its
+    name, else `default`."""
+    # An app passed in is finalized for the lookup (submit reads the task's own queue); the
+    # process app is only read once configured, so routing never needs a broker setting.
+    registry: Any = app.tasks if app is not None else (_app.tasks if _app.finalized else {})
+    task = registry.get(task_name)
+    return getattr(task, "queue", None) or workloads.queue_for_name(task_name, get_settings())
 
 
 def route_task(
     name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **_: Any
 ) -> dict[str, str]:
     # An explicit queue (apply_async(queue=...) or the task's own) wins over the name.
-    explicit = options.get("queue") or getattr(task, "queue", None)
-    return {"queue": explicit or queue_for(name)}
+    queue = options.get("queue") or getattr(task, "queue", None) or queue_for(name)
+    queue = getattr(queue, "name", queue)  # Celery may hand over a kombu Queue
+    # Before kombu's QueueNotFound: one line naming the setting to change.
+    workloads.require_queue(queue, name, get_settings())
+    return {"queue": queue}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -94,7 +88,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_kib,
         "worker_concurrency": settings.worker_concurrency,
-        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_queues": [Queue(name, routing_key=name) for name in workloads.queues(settings)],
         "task_default_queue": "default",
         "task_default_routing_key": "default",
         "task_create_missing_queues": False,
@@ -124,31 +118,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A tick still queued when the next one is due is redundant: let it expire.
                 "options": {"expires": settings.webhook_dispatch_interval_seconds},
             },
-            # Scheduled emails (send_at) too far ahead for a countdown are published when due.
-            "email-dispatch-due": {
-                "task": "conveyor.workloads.email.dispatch_due",
-                "schedule": timedelta(seconds=settings.email_dispatch_interval_seconds),
-                "options": {"expires": settings.email_dispatch_interval_seconds},
-            },
-            "payments-reconcile": {
-                "task": "conveyor.workloads.payments.reconcile",
-                "schedule": timedelta(seconds=settings.payments_reconcile_interval_seconds),
-                "options": {"expires": settings.payments_reconcile_interval_seconds},
-            },
+            # Each workload's own housekeeping.
+            **workloads.beat_schedule(settings),
         },
         # Logging is configured by Conveyor, not replaced by Celery.
         "worker_hijack_root_logger": False,
     }
 
 
-def task_modules(settings: Settings) -> list[str]:
-    return [*TASK_MODULES, *settings.extra_task_modules]
-
-
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured now, from `settings`, made the current app."""
     settings = settings or get_settings()
-    app = Celery("conveyor", include=task_modules(settings), set_as_current=True)
+    app = Celery("conveyor", include=workloads.task_modules(settings), set_as_current=True)
     app.conf.update(celery_config(settings))
     from conveyor.core import signals
 
@@ -178,7 +159,7 @@ class SettingsConfiguredCelery(Celery):
 
     def _load_config(self) -> Any:
         settings = get_settings()
-        config = {**celery_config(settings), "include": task_modules(settings)}
+        config = {**celery_config(settings), "include": workloads.task_modules(settings)}
         conf = super()._load_config()  # type: ignore[misc]
         conf.add_defaults(config)  # below anything set on the app explicitly
         if self.answers_requests:

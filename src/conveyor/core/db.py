@@ -22,12 +22,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.core.private import private_file
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_engines: dict[tuple[int, str], Engine] = {}
-_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+# Keyed by process id, URL and schema.
+_engines: dict[tuple[int, str, str | None], Engine] = {}
+_factories: dict[tuple[int, str, str | None], sessionmaker[Session]] = {}
 
 
 def prepare_sqlite_file(url: str) -> None:
@@ -41,7 +42,20 @@ def prepare_sqlite_file(url: str) -> None:
     private_file(Path(parsed.database))
 
 
-def build_engine(url: str, *, pool_size: int = 5, pool_recycle: int = 1800) -> Engine:
+def ledger_schema(settings: Settings) -> str | None:
+    """CONVEYOR_DATABASE_SCHEMA, refused on SQLite, which has no schemas."""
+    schema = settings.database_schema
+    if schema is not None and make_url(settings.database).get_backend_name() == "sqlite":
+        raise SettingsError(
+            "CONVEYOR_DATABASE_SCHEMA is set but the database is SQLite, which has no schemas: "
+            "unset it, or set CONVEYOR_DATABASE_URL to a PostgreSQL database"
+        )
+    return schema
+
+
+def build_engine(
+    url: str, *, pool_size: int = 5, pool_recycle: int = 1800, schema: str | None = None
+) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         prepare_sqlite_file(url)
@@ -60,6 +74,8 @@ def build_engine(url: str, *, pool_size: int = 5, pool_recycle: int = 1800) -> E
         pool_pre_ping=True,
         # Recycle before common idle timeouts (PgBouncer, cloud load balancers) bite.
         pool_recycle=pool_recycle,
+        # The tables are declared without a schema; this puts every statement in ours.
+        execution_options={"schema_translate_map": {None: schema}} if schema else {},
     )
 
 
@@ -75,7 +91,8 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 def get_engine(settings: Settings | None = None) -> Engine:
     settings = settings or get_settings()
-    key = (os.getpid(), settings.database)
+    schema = ledger_schema(settings)
+    key = (os.getpid(), settings.database, schema)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
@@ -85,6 +102,7 @@ def get_engine(settings: Settings | None = None) -> Engine:
                     settings.database,
                     pool_size=settings.db_pool_size,
                     pool_recycle=settings.db_pool_recycle,
+                    schema=schema,
                 )
                 _engines[key] = engine
                 _factories[key] = sessionmaker(engine, expire_on_commit=False)
@@ -94,7 +112,7 @@ def get_engine(settings: Settings | None = None) -> Engine:
 def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
     settings = settings or get_settings()
     get_engine(settings)
-    return _factories[(os.getpid(), settings.database)]
+    return _factories[(os.getpid(), settings.database, settings.database_schema)]
 
 
 def reset_after_fork() -> None:

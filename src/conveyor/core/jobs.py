@@ -6,6 +6,7 @@ ledger does not know, and a job the API answered 202 for is always visible.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,12 +16,13 @@ from celery.canvas import Signature, _chain, chord, group
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conveyor.core import ledger, outcomes, unique
+from conveyor.core import ledger, outcomes, unique, workloads
 from conveyor.core.celery_app import get_celery, queue_for
 from conveyor.core.db import session_scope
 from conveyor.core.events import publish_job
 from conveyor.core.models import DeadLetter, Job, JobState, utcnow
 from conveyor.core.redis_client import cancel_key, get_redis
+from conveyor.core.settings import get_settings
 
 # Headers Conveyor adds to the messages it publishes.
 HEADER_RECORDED = "conveyor_recorded"
@@ -54,7 +56,9 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
     """
     app = app or get_celery()
     job_id = submission.job_id or str(uuid.uuid4())
-    queue = submission.queue or queue_for(submission.task_name)
+    queue = submission.queue or queue_for(submission.task_name, app)
+    # Before the ledger row: a job for a queue no worker consumes would wait for ever.
+    workloads.require_queue(queue, submission.task_name, get_settings())
     if submission.job_id is not None:
         with session_scope() as session:
             existing = session.get(Job, job_id)
@@ -120,6 +124,12 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
             unique.release_job(job_id)
         raise
     return job
+
+
+async def submit_async(submission: Submission, *, app: Celery | None = None) -> Job:
+    """`submit` for async code (an `async def` route): the database write and the publish run
+    in a thread, so the event loop goes on serving other requests meanwhile."""
+    return await asyncio.to_thread(submit, submission, app=app)
 
 
 def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:

@@ -95,7 +95,8 @@ class LedgerCollector(Collector):
         from conveyor.core.db import session_scope
         from conveyor.core.models import Job
         from conveyor.core.redis_client import get_redis
-        from conveyor.core.settings import QUEUES, get_settings
+        from conveyor.core.settings import get_settings
+        from conveyor.core.workloads import queues
 
         jobs = GaugeMetricFamily(
             "conveyor_jobs", "Jobs in the ledger by queue and state.", labels=["queue", "state"]
@@ -117,7 +118,7 @@ class LedgerCollector(Collector):
         if get_settings().broker.startswith(("redis://", "rediss://")):
             try:
                 client = get_redis()
-                for queue in QUEUES:
+                for queue in queues(get_settings()):
                     depth.add_metric([queue], client.llen(queue))
             except Exception as exc:
                 log.warning("queue depth unavailable: %s", exc)

@@ -50,7 +50,7 @@ TERMINAL_STATES = frozenset(
 
 
 class Job(Base):
-    __tablename__ = "jobs"
+    __tablename__ = "conveyor_jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -85,22 +85,22 @@ class Job(Base):
     events_pending: Mapped[bool] = mapped_column(default=False)
 
     __table_args__ = (
-        Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_conveyor_jobs_owner_created", "owner", "created_at", "id"),
         Index(
-            "ix_jobs_events_pending",
+            "ix_conveyor_jobs_events_pending",
             "events_pending",
             sqlite_where=text("events_pending"),
             postgresql_where=text("events_pending"),
         ),
-        Index("ix_jobs_state_created", "state", "created_at"),
-        Index("ix_jobs_queue_created", "queue", "created_at"),
-        Index("ix_jobs_parent", "parent_id"),
-        Index("ix_jobs_finished", "finished_at"),
+        Index("ix_conveyor_jobs_state_created", "state", "created_at"),
+        Index("ix_conveyor_jobs_queue_created", "queue", "created_at"),
+        Index("ix_conveyor_jobs_parent", "parent_id"),
+        Index("ix_conveyor_jobs_finished", "finished_at"),
     )
 
 
 class DeadLetter(Base):
-    __tablename__ = "dead_letters"
+    __tablename__ = "conveyor_dead_letters"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -121,7 +121,7 @@ class DeadLetter(Base):
 
 
 class ApiKey(Base):
-    __tablename__ = "api_keys"
+    __tablename__ = "conveyor_api_keys"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(120))
@@ -138,7 +138,7 @@ class ApiKey(Base):
 class IdempotencyRecord(Base):
     """A creating POST seen under an Idempotency-Key, and the response it got."""
 
-    __tablename__ = "idempotency_keys"
+    __tablename__ = "conveyor_idempotency_keys"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120))
@@ -155,13 +155,13 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
-    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_conveyor_idempotency_owner_key"),)
 
 
 class TaskEffect(Base):
     """An effect a task completed, recorded under a key so a redelivery skips it."""
 
-    __tablename__ = "task_effects"
+    __tablename__ = "conveyor_task_effects"
 
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     task_name: Mapped[str] = mapped_column(String(200))
@@ -171,7 +171,7 @@ class TaskEffect(Base):
 
 
 class WebhookEndpoint(Base):
-    __tablename__ = "webhook_endpoints"
+    __tablename__ = "conveyor_webhook_endpoints"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120), index=True)
@@ -193,11 +193,11 @@ class WebhookEndpoint(Base):
 class WebhookDelivery(Base):
     """One event for one endpoint; retried until delivered or out of attempts."""
 
-    __tablename__ = "webhook_deliveries"
+    __tablename__ = "conveyor_webhook_deliveries"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the webhook-id header
     endpoint_id: Mapped[str] = mapped_column(
-        String(32), ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+        String(32), ForeignKey("conveyor_webhook_endpoints.id", ondelete="CASCADE"), index=True
     )
     event_type: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -213,17 +213,17 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column()
 
     # The dispatcher looks for pending deliveries that are due, every few seconds.
-    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_conveyor_webhook_deliveries_due", "status", "next_attempt_at"),)
 
 
 class WebhookAttempt(Base):
     """The log of every delivery attempt: status code, duration and a response excerpt."""
 
-    __tablename__ = "webhook_attempts"
+    __tablename__ = "conveyor_webhook_attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     delivery_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+        String(64), ForeignKey("conveyor_webhook_deliveries.id", ondelete="CASCADE"), index=True
     )
     attempt: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)

@@ -10,9 +10,9 @@ from pathlib import Path
 import redis
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-from conveyor.core import db
+from conveyor.core import db, workloads
 from conveyor.core.redaction import safe_url
-from conveyor.core.settings import Settings, SettingsError, get_settings
+from conveyor.core.settings import Settings, SettingsError, get_settings, section
 
 
 def _first_line(exc: BaseException) -> str:
@@ -57,6 +57,12 @@ def require_task_modules(settings: Settings | None = None) -> None:
     will import it; a typo or a broken module otherwise surfaces as pages of Celery
     tracebacks whose first line blames `conveyor.worker`."""
     settings = settings or get_settings()
+    # CONVEYOR_WORKLOADS naming one that is not installed, or whose extra is missing.
+    enabled = {workload.name for workload in workloads.enabled(settings)}
+    # A bad workload setting stops the start, as a bad core one does, not its first job.
+    for name, cls in workloads.settings_classes():
+        if name in enabled:
+            section(cls)
     cwd = str(Path.cwd())
     added = cwd not in sys.path
     if added:
@@ -80,9 +86,25 @@ def require_task_modules(settings: Settings | None = None) -> None:
                     f"CONVEYOR_TASK_MODULES: importing {name!r} failed at {_where(exc)}: "
                     f"{type(exc).__name__}: {_first_line(exc)}"
                 ) from None
+        _require_declared_queues(settings)
     finally:
         if added:
             sys.path.remove(cwd)
+
+
+def _require_declared_queues(settings: Settings) -> None:
+    """A task declaring `queue="billing"` needs that queue declared, or no worker consumes
+    it and its jobs wait for ever: say so when the worker starts, not at the first send."""
+    from conveyor.core.celery_app import get_celery
+
+    declared = workloads.queues(settings)
+    for name, task in sorted(get_celery().tasks.items()):
+        queue = getattr(task, "queue", None)
+        if queue and queue not in declared:
+            raise SettingsError(
+                f"task {name} declares queue {queue!r}, which is not declared: add it to "
+                f"CONVEYOR_QUEUES (declared: {', '.join(declared)})"
+            )
 
 
 def _where(exc: BaseException) -> str:

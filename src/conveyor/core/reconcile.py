@@ -27,13 +27,13 @@ import redis
 from celery import Celery
 from sqlalchemy import select, update
 
-from conveyor.core import heartbeat, ledger, outcomes
+from conveyor.core import heartbeat, ledger, outcomes, workloads
 from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
 from conveyor.core.locks import Lock
 from conveyor.core.models import Job, JobState, utcnow
-from conveyor.core.settings import QUEUES, Settings, get_settings
+from conveyor.core.settings import Settings, get_settings
 from conveyor.core.task import ConveyorTask
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def reconcile(app: Celery | None = None, settings: Settings | None = None) -> di
     if broker is not None:
         cutoff = utcnow().timestamp() - settings.worker_lost_after_seconds
         done["restored"] = broker.restore_orphans(held, cutoff)
-        view = broker.view(list(QUEUES), settings.reconcile_scan_limit)
+        view = broker.view(workloads.queues(settings), settings.reconcile_scan_limit)
     for job in _stale_jobs(settings.reconcile_grace_seconds):
         if job.id in held:
             continue

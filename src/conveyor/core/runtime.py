@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +30,8 @@ class Runtime:
     database_url: str
     api_url: str
     smtp: str
-    payments_gateway_url: str | None = None
+    # Other servers `up` started for a workload (a sandbox), by a name the workload reads.
+    urls: dict[str, str] = field(default_factory=dict)
 
 
 class AlreadyRunning(Exception):

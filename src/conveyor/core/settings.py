@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -20,21 +23,47 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from conveyor.core import runtime
 from conveyor.core.runtime import Runtime
 
-WORKLOAD_QUEUES = ("email", "images", "payments", "reports", "scraping")
-QUEUES = (*WORKLOAD_QUEUES, "webhooks", "default")
+# The names Heroku, Render and Railway give the URLs they inject; the CONVEYOR_ ones win.
+PLATFORM_URLS = {"redis_url": "REDIS_URL", "database_url": "DATABASE_URL"}
 
 
 class SettingsError(Exception):
     """A configuration problem, phrased so a person can fix it."""
 
 
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+
+
+def parse_queues(value: str) -> dict[str, tuple[str, ...]]:
+    """`billing=myapp.billing.*|myapp.invoices.*,exports` → {queue: task-name patterns}."""
+    queues: dict[str, tuple[str, ...]] = {}
+    for entry in value.split(","):
+        if not entry.strip():
+            continue
+        name, _, patterns = entry.partition("=")
+        name = name.strip()
+        if not QUEUE_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a queue name: letters, digits, '_', '.' or '-', "
+                "like billing=myapp.billing.*"
+            )
+        if name in queues:
+            raise ValueError(f"queue {name!r} is declared twice")
+        queues[name] = tuple(p.strip() for p in patterns.split("|") if p.strip())
+    return queues
+
+
+# How Settings and every workload's section read: CONVEYOR_* variables, then `.env`.
+SETTINGS_CONFIG = SettingsConfigDict(
+    env_prefix="CONVEYOR_",
+    env_file=".env",
+    env_file_encoding="utf-8",
+    extra="ignore",
+)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="CONVEYOR_",
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-    )
+    model_config = SETTINGS_CONFIG
 
     data_dir: Path = Field(
         default=Path(".conveyor"),
@@ -43,7 +72,10 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Redis for progress and cancel flags; unset: that of a running `conveyor up`.",
+        description=(
+            "Redis for progress and cancel flags; unset: REDIS_URL, else that of a running "
+            "`conveyor up`."
+        ),
     )
     broker_url: str | None = Field(
         default=None,
@@ -54,7 +86,14 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         default=None,
-        description="Ledger URL, sqlite:/// or postgresql://; unset: `up`'s or SQLite in data_dir.",
+        description=(
+            "Ledger URL, sqlite:/// or postgresql://; unset: DATABASE_URL (postgres:// too), "
+            "else `up`'s or SQLite in data_dir."
+        ),
+    )
+    database_schema: str | None = Field(
+        default=None,
+        description="PostgreSQL schema for Conveyor's tables, created if missing; unset: public.",
     )
 
     api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
@@ -330,279 +369,27 @@ class Settings(BaseSettings):
     )
     # end storage
 
-    # email
-    smtp_host: str = Field(
-        default="127.0.0.1",
-        description="SMTP server for email; `up` starts a local mail sink unless this is set.",
-    )
-    smtp_port: int = Field(default=1025, ge=1, le=65535, description="Port of the SMTP server.")
-    smtp_username: str | None = Field(
-        default=None, description="SMTP login; unset: no authentication."
-    )
-    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
-    smtp_use_tls: bool = Field(
-        default=False, description="STARTTLS on a plain connection (port 587)."
-    )
-    email_batch_max_body_bytes: int = Field(
-        default=16 * 1_048_576,
-        ge=1024,
-        description="Largest body of POST /api/v1/emails/batch (10,000 recipients with context).",
-    )
-    smtp_use_ssl: bool = Field(
-        default=False, description="Implicit TLS (port 465); smtp_use_tls is STARTTLS instead."
-    )
-    smtp_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=300, description="Seconds to wait for the SMTP server."
-    )
-    smtp_noop_after_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        description="A kept SMTP connection idle longer than this gets a NOOP check before reuse.",
-    )
-    email_from: str = Field(
-        default="Conveyor <noreply@localhost>",
-        description="Sender of emails whose request names none.",
-    )
-    email_message_id_domain: str = Field(
-        default="conveyor.localhost",
-        description="The right-hand side of every Message-ID (<uuid@domain>).",
-    )
-    email_templates_dir: Path | None = Field(
-        default=None,
-        description="Your templates, found before the built-in ones (welcome, layouts, partials).",
-    )
-    email_rate_per_second: float = Field(
-        default=0.0,
-        ge=0,
-        description="Messages per second in all, held across every worker by Redis; 0 = off.",
-    )
-    email_domain_rate_per_second: float = Field(
-        default=0.0, ge=0, description="Messages per second to each recipient domain; 0 = off."
-    )
-    email_domain_rates: str = Field(
-        default="", description="Per-domain overrides of the domain rate: gmail.com=20,yahoo.com=5."
-    )
-    email_owner_rate_per_second: float = Field(
-        default=0.0,
-        ge=0,
-        description="Messages per second for each owner (API key owner); 0 = off.",
-    )
-    email_max_recipients: int = Field(
-        default=50,
-        ge=1,
-        le=1000,
-        description="Most recipients of one email, to, cc and bcc together.",
-    )
-    email_batch_max_recipients: int = Field(
-        default=10_000, ge=1, le=100_000, description="Most recipients of one batch."
-    )
-    email_batch_chunk_size: int = Field(
-        default=100, ge=1, le=1000, description="Recipients per chunk task of a batch."
-    )
-    email_max_attachments_bytes: int = Field(
-        default=10 * 1_048_576,
-        ge=1024,
-        description="Largest total size of one email's attachments.",
-    )
     file_max_upload_bytes: int = Field(
         default=10 * 1_048_576, ge=1024, description="Largest file POST /api/v1/files accepts."
     )
-    email_unsubscribe_url: str | None = Field(
-        default=None,
-        description="Bulk mail's List-Unsubscribe URL ({email} is replaced); a batch may override.",
-    )
-    email_unsubscribe_mailto: str | None = Field(
-        default=None,
-        description="Bulk mail's List-Unsubscribe mailto; no URL either: unsubscribe@<domain>.",
-    )
-    email_schedule_countdown_max: float = Field(
-        default=60.0,
-        ge=0,
-        description="Sends further ahead (seconds) are stored and published by Beat when due.",
-    )
-    email_dispatch_interval_seconds: float = Field(
-        default=15.0,
-        ge=1,
-        le=3600,
-        description="Seconds between Beat's runs publishing scheduled emails that are due.",
-    )
-    mail_sink: bool = Field(
-        default=False,
-        description="Serve the mail sink's messages at GET /api/v1/dev/mailbox (`up` sets this).",
-    )
-    mail_sink_max_messages: int = Field(
-        default=1000, ge=10, description="Messages the local mail sink keeps; the oldest go first."
-    )
-
-    @field_validator("email_domain_rates")
-    @classmethod
-    def _domain_rates(cls, value: str) -> str:
-        for part in filter(None, (item.strip() for item in value.split(","))):
-            domain, _, rate = part.partition("=")
-            try:
-                ok = bool(domain.strip()) and float(rate) >= 0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError("must be domain=messages-per-second pairs: gmail.com=20,a.org=5")
-        return value
-
-    @property
-    def email_domain_rate_overrides(self) -> dict[str, float]:
-        pairs = (part.partition("=") for part in self.email_domain_rates.split(",") if part.strip())
-        return {domain.strip().lower(): float(rate) for domain, _, rate in pairs}
-
-    # end email
-
-    # payments
-    payments_gateway: Literal["sandbox", "stripe"] = Field(
-        default="sandbox",
-        description="Which gateway moves the money: sandbox (local, `up` starts it) or stripe.",
-    )
-    # Operator configuration, like the database URL: loopback is fine here.
-    payments_gateway_url: str = Field(
-        default="http://127.0.0.1:8010", description="URL of the sandbox gateway."
-    )
-    payments_gateway_timeout_seconds: float = Field(
-        default=10.0,
-        gt=0,
-        le=120,
-        description="Seconds a gateway call waits; an unanswered charge is checked, never resent.",
-    )
-    payments_gateway_webhook_secret: SecretStr | None = Field(
-        default=None,
-        description="Shared with the gateway: signs its events to /api/v1/payments/gateway-events.",
-    )
-    stripe_api_key: SecretStr | None = Field(
-        default=None, description="Stripe secret key; needed when the gateway is stripe."
-    )
-    stripe_api_base: str | None = Field(
-        default=None,
-        description="Another Stripe API address (a recording server in tests); unset: Stripe.",
-    )
-    payments_retry_max: int = Field(
-        default=8,
-        ge=0,
-        le=50,
-        description="Retries of an unanswered charge or refund before it goes to requires_review.",
-    )
-    payments_backoff_max_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        description="Longest wait between payment retries (seconds), within retry_backoff_max.",
-    )
-    payments_reconcile_interval_seconds: float = Field(
-        default=60.0,
-        ge=1,
-        le=86_400,
-        description="Seconds between Beat's sweeps for stuck payments and refunds.",
-    )
-    payments_stuck_after_seconds: float = Field(
-        default=900.0,
-        ge=1,
-        description="Seconds in processing (or unstarted) after which the sweep settles a payment.",
-    )
-    sandbox_gateway_host: str = Field(
-        default="127.0.0.1",
-        description="Address the sandbox gateway (started by `conveyor up`) listens on.",
-    )
-    sandbox_gateway_port: int = Field(
-        default=8010, ge=1, le=65535, description="Port the sandbox gateway listens on."
-    )
-    sandbox_latency_ms: float = Field(
-        default=0.0,
-        ge=0,
-        le=60_000,
-        description="Milliseconds the sandbox gateway waits before each answer.",
-    )
-    sandbox_error_rate: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="Share of sandbox answers that are 5xx: half before charging, half after.",
-    )
-    # Longer than the client waits (payments_gateway_timeout_seconds).
-    sandbox_slow_seconds: float = Field(
-        default=15.0,
-        ge=0,
-        le=600,
-        description="How late the sandbox's times-out test card answers (after charging).",
-    )
-    sandbox_webhook_url: str | None = Field(
-        default=None, description="Where the sandbox posts its signed events; unset: it posts none."
-    )
-    # end payments
-
-    # images
-    image_max_upload_bytes: int = Field(
-        default=20 * 1_048_576,
-        ge=1024,
-        description="Largest image upload (the multipart body may exceed it by a few headers).",
-    )
-    # Checked from the header, before any pixel is decoded (decompression bombs).
-    image_max_width: int = Field(
-        default=12_000, ge=16, description="Widest image accepted (pixels)."
-    )
-    image_max_height: int = Field(
-        default=12_000, ge=16, description="Tallest image accepted (pixels)."
-    )
-    image_max_pixels: int = Field(
-        default=50_000_000,
-        ge=256,
-        description="Most pixels (width times height) of an image accepted.",
-    )
-    image_presets: str = Field(
-        default="",
-        description='Presets as JSON {"name": {"variants": [...], ...}}; unset: the built-in ones.',
-    )
-    image_jpeg_quality: int = Field(default=82, ge=1, le=100, description="JPEG quality, 1 to 100.")
-    image_webp_quality: int = Field(default=80, ge=1, le=100, description="WebP quality, 1 to 100.")
-    image_webp_effort: int = Field(
-        default=2,
-        ge=0,
-        le=6,
-        description="WebP encoding effort, 0 to 6: higher is slower and smaller.",
-    )
-    image_avif_quality: int = Field(default=50, ge=1, le=100, description="AVIF quality, 1 to 100.")
-    # AV1 encoding is the slowest step by far: effort 0 encodes a 1600 px image about 6x
-    # faster than 2 for files about 7% larger (docs/images.md has the figures).
-    image_avif_effort: int = Field(
-        default=0,
-        ge=0,
-        le=9,
-        description="AVIF encoding effort, 0 to 9: higher is slower and smaller.",
-    )
-    # One deadline for the whole fetch, not per read: a server trickling bytes is cut off too.
-    image_fetch_timeout_seconds: float = Field(
-        default=20.0,
-        gt=0,
-        le=300,
-        description="Seconds a worker may spend fetching an image given by URL, all in all.",
-    )
-    image_vips_concurrency: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description="libvips threads per process; 1 lets processes, not threads, share the cores.",
-    )
-    image_tune_malloc: bool = Field(
-        default=True,
-        description="Fewer malloc arenas, mmap for large blocks, where images are made (glibc).",
-    )
-
-    @field_validator("image_presets")
-    @classmethod
-    def _presets_parse(cls, value: str) -> str:
-        from conveyor.workloads.images.presets import parse_presets
-
-        parse_presets(value)
-        return value
-
-    # end images
 
     task_modules: str = Field(
         default="",
         description="Task modules for workers to load, comma-separated: myapp.tasks,billing.jobs.",
+    )
+    queues: str = Field(
+        default="",
+        description=(
+            "Your own queues, comma-separated, each optionally with the task names routed to it: "
+            "`billing=myapp.billing.*|myapp.invoices.*,exports`."
+        ),
+    )
+    workloads: str = Field(
+        default="auto",
+        description=(
+            "Workloads to run: `auto` (every installed one whose extra is installed), `none`, "
+            "or names: `email,payments`."
+        ),
     )
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
@@ -623,6 +410,15 @@ class Settings(BaseSettings):
                 f"{scheme + '://' if scheme else 'no scheme'})"
             )
         return value
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value.strip()):
+            raise ValueError("must be a lowercase name of letters, digits and _ (like conveyor)")
+        return value.strip()
 
     @field_validator("redis_url", "broker_url", "result_backend_url")
     @classmethod
@@ -686,13 +482,26 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("queues")
+    @classmethod
+    def _queue_declarations(cls, value: str) -> str:
+        parse_queues(value)
+        return value
+
     @property
     def extra_task_modules(self) -> list[str]:
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
 
+    @property
+    def declared_queues(self) -> dict[str, tuple[str, ...]]:
+        """CONVEYOR_QUEUES: each queue and the task-name patterns routed to it."""
+        return parse_queues(self.queues)
+
     # The running `conveyor up` whose runtime file supplied the URLs not set here, if any.
     _runtime: Runtime | None = PrivateAttr(default=None)
     _from_runtime: frozenset[str] = PrivateAttr(default=frozenset())
+    # The URLs taken from REDIS_URL or DATABASE_URL.
+    _from_platform: frozenset[str] = PrivateAttr(default=frozenset())
 
     @property
     def runtime(self) -> Runtime | None:
@@ -710,6 +519,8 @@ class Settings(BaseSettings):
         """Where a setting's value came from, for messages that say which system is used."""
         if field in self._from_runtime and self._runtime is not None:
             return f"found from `conveyor up`, pid {self._runtime.pid}"
+        if field in self._from_platform:
+            return PLATFORM_URLS[field]
         if field in self.model_fields_set:
             return f"CONVEYOR_{field.upper()}"
         return "default"
@@ -750,16 +561,47 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings() -> Settings:
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def _read(cls: type[SettingsT]) -> SettingsT:
+    """`cls` read from the environment; a bad value is one SettingsError naming its variable."""
     try:
-        settings = Settings()
+        return cls()
     except ValidationError as exc:
         raise SettingsError(f"invalid configuration: {describe_validation_error(exc)}") from None
-    return with_runtime(settings)
+
+
+def load_settings() -> Settings:
+    return with_runtime(with_platform_urls(_read(Settings)))
+
+
+def with_platform_urls(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
+    """Fill the URLs CONVEYOR_* leaves unset from REDIS_URL and DATABASE_URL, validated alike."""
+    environ = os.environ if environ is None else environ
+    found = {
+        field: value
+        for field, name in PLATFORM_URLS.items()
+        if getattr(settings, field) is None and (value := environ.get(name, "").strip())
+    }
+    if not found:
+        return settings
+    resolved = settings.model_copy()
+    for field, value in found.items():
+        try:
+            Settings.__pydantic_validator__.validate_assignment(resolved, field, value)
+        except ValidationError as exc:
+            message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise SettingsError(
+                f"invalid configuration: {PLATFORM_URLS[field]}: {message}; or set "
+                f"CONVEYOR_{field.upper()}, which wins"
+            ) from None
+    resolved._from_platform = frozenset(found)
+    return resolved
 
 
 def with_runtime(settings: Settings) -> Settings:
-    """Fill the URLs not set by CONVEYOR_* from the `conveyor up` running in data_dir."""
+    """Fill the URLs still unset from the `conveyor up` running in data_dir."""
     found = runtime.read(settings.data_dir)
     if found is None:
         return settings
@@ -774,6 +616,44 @@ def with_runtime(settings: Settings) -> Settings:
     return resolved
 
 
+_given: Settings | None = None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return load_settings()
+    return _given or load_settings()
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Make `settings` the process's settings (None: read the environment again)."""
+    global _given
+    _given = settings
+    get_settings.cache_clear()
+    _sections.clear()
+
+
+class SettingsSection(BaseSettings):
+    """Settings a workload owns, read as Settings are; `section(cls)` gives the process's one."""
+
+    model_config = SETTINGS_CONFIG
+
+    def resolve(self, settings: Settings) -> Self:
+        """Complete what only the core settings know (a URL `conveyor up` recorded)."""
+        return self
+
+
+# Each section with the Settings it was read alongside: when those change, it is read again.
+_sections: dict[type[BaseSettings], tuple[Settings, BaseSettings]] = {}
+
+
+def section(cls: type[SettingsT]) -> SettingsT:
+    """The process's instance of a workload's settings class, cached as get_settings() is."""
+    settings = get_settings()
+    cached = _sections.get(cls)
+    if cached is not None and cached[0] is settings:
+        return cast(SettingsT, cached[1])
+    loaded = _read(cls)
+    if isinstance(loaded, SettingsSection):
+        loaded = loaded.resolve(settings)
+    _sections[cls] = (settings, loaded)
+    return loaded

@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
+from conveyor.core import workloads
 from conveyor.core.redaction import safe_url
-from conveyor.core.settings import Settings
+from conveyor.core.settings import Settings, section
 
 ENV_PREFIX = "CONVEYOR_"
 MASKED = "********"
 UNSET = "\u2013"  # an en dash, as in the README's tables
 
-# Display order: groups as listed, fields within a group as listed.
+# Display order: groups as listed, fields within a group as listed; then each workload's.
 GROUPS: dict[str, tuple[str, ...]] = {
     "System": (
         "data_dir",
@@ -22,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "broker_url",
         "result_backend_url",
         "database_url",
+        "database_schema",
         "db_pool_size",
         "db_pool_recycle",
         "api_host",
@@ -32,6 +35,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "log_level",
         "log_json",
         "task_modules",
+        "queues",
+        "workloads",
     ),
     "Tasks and workers": (
         "task_soft_time_limit",
@@ -85,67 +90,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "s3_public_url",
         "s3_presign_seconds",
     ),
-    "Email": (
-        "smtp_host",
-        "smtp_port",
-        "smtp_username",
-        "smtp_password",
-        "smtp_use_tls",
-        "smtp_use_ssl",
-        "smtp_timeout_seconds",
-        "smtp_noop_after_seconds",
-        "email_from",
-        "email_message_id_domain",
-        "email_templates_dir",
-        "email_max_recipients",
-        "email_max_attachments_bytes",
-        "email_batch_max_recipients",
-        "email_batch_max_body_bytes",
-        "email_batch_chunk_size",
-        "email_rate_per_second",
-        "email_domain_rate_per_second",
-        "email_domain_rates",
-        "email_owner_rate_per_second",
-        "email_unsubscribe_url",
-        "email_unsubscribe_mailto",
-        "email_schedule_countdown_max",
-        "email_dispatch_interval_seconds",
-        "mail_sink",
-        "mail_sink_max_messages",
-    ),
-    "Payments": (
-        "payments_gateway",
-        "payments_gateway_url",
-        "payments_gateway_timeout_seconds",
-        "payments_gateway_webhook_secret",
-        "stripe_api_key",
-        "stripe_api_base",
-        "payments_retry_max",
-        "payments_backoff_max_seconds",
-        "payments_reconcile_interval_seconds",
-        "payments_stuck_after_seconds",
-        "sandbox_gateway_host",
-        "sandbox_gateway_port",
-        "sandbox_latency_ms",
-        "sandbox_error_rate",
-        "sandbox_slow_seconds",
-        "sandbox_webhook_url",
-    ),
-    "Images": (
-        "image_max_upload_bytes",
-        "image_max_width",
-        "image_max_height",
-        "image_max_pixels",
-        "image_presets",
-        "image_jpeg_quality",
-        "image_webp_quality",
-        "image_webp_effort",
-        "image_avif_quality",
-        "image_avif_effort",
-        "image_fetch_timeout_seconds",
-        "image_vips_concurrency",
-        "image_tune_malloc",
-    ),
 }
 
 
@@ -181,17 +125,28 @@ def display(value: object) -> str:
     return str(value)
 
 
-def default_of(field: str) -> object:
-    return Settings.model_fields[field].get_default(call_default_factory=True)
+def groups() -> list[tuple[str, type[BaseSettings], tuple[str, ...]]]:
+    """(title, settings class, fields): core's groups, then one per workload with settings."""
+    found: list[tuple[str, type[BaseSettings], tuple[str, ...]]] = [
+        (title, Settings, fields) for title, fields in GROUPS.items()
+    ]
+    for name, cls in sorted(workloads.settings_classes(), key=lambda item: item[0]):
+        found.append((f"{name.capitalize()} workload", cls, tuple(cls.model_fields)))
+    return found
 
 
 def describe(settings: Settings | None = None) -> list[SettingDoc]:
-    """Every setting in group order; values from `settings` (the defaults when None)."""
+    """Every setting in group order; values from `settings` and the workloads' sections read
+    with them (the defaults when None)."""
     docs = []
-    for group, fields in GROUPS.items():
+    for group, cls, fields in groups():
+        current: BaseSettings | None = None
+        if settings is not None:
+            current = settings if cls is Settings else section(cls)
         for field in fields:
-            default = default_of(field)
-            value = default if settings is None else getattr(settings, field)
+            info = cls.model_fields[field]
+            default = info.get_default(call_default_factory=True)
+            value = default if current is None else getattr(current, field)
             docs.append(
                 SettingDoc(
                     group=group,
@@ -199,7 +154,7 @@ def describe(settings: Settings | None = None) -> list[SettingDoc]:
                     variable=env_name(field),
                     value=display(value),
                     default=display(default),
-                    description=Settings.model_fields[field].description or "",
+                    description=info.description or "",
                     changed=value != default,
                 )
             )
@@ -221,7 +176,7 @@ def markdown() -> str:
         "# Settings",
         "",
         "<!-- Generated by `conveyor settings --markdown > docs/settings.md`; edit the "
-        "descriptions in src/conveyor/core/settings.py. -->",
+        "descriptions in src/conveyor/core/settings.py and each workload's settings.py. -->",
         "",
         f"Conveyor reads every setting from an environment variable with the prefix "
         f"`{ENV_PREFIX}`, or from a `.env` file in the working directory; a bad value stops "

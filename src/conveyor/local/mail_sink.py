@@ -239,14 +239,15 @@ def start_sink(handler: SinkHandler, host: str, port: int) -> Controller:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from conveyor.core.settings import get_settings
+    from conveyor.core.settings import get_settings, section
+    from conveyor.workloads.email.settings import EmailSettings
 
-    settings = get_settings()
+    email = section(EmailSettings)
     parser = argparse.ArgumentParser(description="A local SMTP server that keeps every message.")
-    parser.add_argument("--host", default=settings.smtp_host)
-    parser.add_argument("--port", type=int, default=settings.smtp_port)
-    parser.add_argument("--dir", type=Path, default=settings.data_dir / "mailbox")
-    parser.add_argument("--max-messages", type=int, default=settings.mail_sink_max_messages)
+    parser.add_argument("--host", default=email.smtp_host)
+    parser.add_argument("--port", type=int, default=email.smtp_port)
+    parser.add_argument("--dir", type=Path, default=get_settings().data_dir / "mailbox")
+    parser.add_argument("--max-messages", type=int, default=email.mail_sink_max_messages)
     args = parser.parse_args(argv)
     handler = SinkHandler(mailbox=Mailbox(args.dir, args.max_messages), keep_received=False)
     try:

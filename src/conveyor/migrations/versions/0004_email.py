@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.migrations.names import names
+
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -17,8 +19,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    n = names()
     op.create_table(
-        "email_batches",
+        n("email_batches"),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("owner", sa.String(length=120), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=True),
@@ -29,11 +32,11 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    with op.batch_alter_table("email_batches", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_email_batches_owner"), ["owner"], unique=False)
+    with op.batch_alter_table(n("email_batches"), schema=None) as batch_op:
+        batch_op.create_index(batch_op.f(n("ix_email_batches_owner")), ["owner"], unique=False)
 
     op.create_table(
-        "email_suppressions",
+        n("email_suppressions"),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("owner", sa.String(length=120), nullable=False),
         sa.Column("address", sa.String(length=320), nullable=False),
@@ -43,11 +46,11 @@ def upgrade() -> None:
         sa.Column("email_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("owner", "address", name="uq_email_suppressions_owner"),
+        sa.UniqueConstraint("owner", "address", name=n("uq_email_suppressions_owner")),
     )
 
     op.create_table(
-        "emails",
+        n("emails"),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("owner", sa.String(length=120), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=True),
@@ -78,14 +81,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("message_id"),
     )
-    with op.batch_alter_table("emails", schema=None) as batch_op:
-        batch_op.create_index("ix_emails_batch_status", ["batch_id", "status"], unique=False)
-        batch_op.create_index(batch_op.f("ix_emails_job_id"), ["job_id"], unique=False)
-        batch_op.create_index("ix_emails_owner_created", ["owner", "created_at"], unique=False)
-        batch_op.create_index("ix_emails_status_send_at", ["status", "send_at"], unique=False)
+    with op.batch_alter_table(n("emails"), schema=None) as batch_op:
+        batch_op.create_index(n("ix_emails_batch_status"), ["batch_id", "status"], unique=False)
+        batch_op.create_index(batch_op.f(n("ix_emails_job_id")), ["job_id"], unique=False)
+        batch_op.create_index(n("ix_emails_owner_created"), ["owner", "created_at"], unique=False)
+        batch_op.create_index(n("ix_emails_status_send_at"), ["status", "send_at"], unique=False)
 
     op.create_table(
-        "stored_files",
+        n("stored_files"),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("owner", sa.String(length=120), nullable=False),
         sa.Column("filename", sa.String(length=255), nullable=False),
@@ -95,21 +98,22 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    with op.batch_alter_table("stored_files", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_stored_files_owner"), ["owner"], unique=False)
+    with op.batch_alter_table(n("stored_files"), schema=None) as batch_op:
+        batch_op.create_index(batch_op.f(n("ix_stored_files_owner")), ["owner"], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("stored_files", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_stored_files_owner"))
-    op.drop_table("stored_files")
-    with op.batch_alter_table("emails", schema=None) as batch_op:
-        batch_op.drop_index("ix_emails_status_send_at")
-        batch_op.drop_index("ix_emails_owner_created")
-        batch_op.drop_index(batch_op.f("ix_emails_job_id"))
-        batch_op.drop_index("ix_emails_batch_status")
-    op.drop_table("emails")
-    op.drop_table("email_suppressions")
-    with op.batch_alter_table("email_batches", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_email_batches_owner"))
-    op.drop_table("email_batches")
+    n = names()
+    with op.batch_alter_table(n("stored_files"), schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f(n("ix_stored_files_owner")))
+    op.drop_table(n("stored_files"))
+    with op.batch_alter_table(n("emails"), schema=None) as batch_op:
+        batch_op.drop_index(n("ix_emails_status_send_at"))
+        batch_op.drop_index(n("ix_emails_owner_created"))
+        batch_op.drop_index(batch_op.f(n("ix_emails_job_id")))
+        batch_op.drop_index(n("ix_emails_batch_status"))
+    op.drop_table(n("emails"))
+    op.drop_table(n("email_suppressions"))
+    with op.batch_alter_table(n("email_batches"), schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f(n("ix_email_batches_owner")))
+    op.drop_table(n("email_batches"))

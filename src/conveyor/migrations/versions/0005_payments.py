@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.migrations.names import names
+
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
@@ -19,8 +21,9 @@ Stamp = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    n = names()
     op.create_table(
-        "payments",
+        n("payments"),
         sa.Column("id", sa.String(40), primary_key=True),
         sa.Column("owner", sa.String(120), nullable=False),
         sa.Column("customer_id", sa.String(120), nullable=False),
@@ -44,18 +47,20 @@ def upgrade() -> None:
         # The database itself refuses a refund total above the capture.
         sa.CheckConstraint(
             "amount_refunded + amount_refund_pending <= amount_captured",
-            name="ck_payments_refunds_within_capture",
+            name=n("ck_payments_refunds_within_capture"),
         ),
-        sa.CheckConstraint("amount > 0", name="ck_payments_amount_positive"),
+        sa.CheckConstraint("amount > 0", name=n("ck_payments_amount_positive")),
     )
-    op.create_index("ix_payments_owner_created", "payments", ["owner", "created_at", "id"])
-    op.create_index("ix_payments_owner_customer", "payments", ["owner", "customer_id"])
-    op.create_index("ix_payments_state_since", "payments", ["state", "processing_since"])
+    op.create_index(n("ix_payments_owner_created"), n("payments"), ["owner", "created_at", "id"])
+    op.create_index(n("ix_payments_owner_customer"), n("payments"), ["owner", "customer_id"])
+    op.create_index(n("ix_payments_state_since"), n("payments"), ["state", "processing_since"])
 
     op.create_table(
-        "payment_refunds",
+        n("payment_refunds"),
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("payment_id", sa.String(40), sa.ForeignKey("payments.id"), nullable=False),
+        sa.Column(
+            "payment_id", sa.String(40), sa.ForeignKey(f"{n('payments')}.id"), nullable=False
+        ),
         sa.Column("owner", sa.String(120), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("currency", sa.String(3), nullable=False),
@@ -70,16 +75,18 @@ def upgrade() -> None:
         sa.Column("processing_since", Stamp, nullable=True),
         sa.Column("settled_at", Stamp, nullable=True),
     )
-    op.create_index("ix_payment_refunds_payment_id", "payment_refunds", ["payment_id"])
+    op.create_index(n("ix_payment_refunds_payment_id"), n("payment_refunds"), ["payment_id"])
     op.create_index(
-        "ix_payment_refunds_state_since", "payment_refunds", ["state", "processing_since"]
+        n("ix_payment_refunds_state_since"), n("payment_refunds"), ["state", "processing_since"]
     )
 
     op.create_table(
-        "payment_balance_entries",
+        n("payment_balance_entries"),
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("entry_key", sa.String(60), nullable=False, unique=True),
-        sa.Column("payment_id", sa.String(40), sa.ForeignKey("payments.id"), nullable=False),
+        sa.Column(
+            "payment_id", sa.String(40), sa.ForeignKey(f"{n('payments')}.id"), nullable=False
+        ),
         sa.Column("refund_id", sa.String(40), nullable=True),
         sa.Column("owner", sa.String(120), nullable=False),
         sa.Column("kind", sa.String(10), nullable=False),
@@ -88,11 +95,11 @@ def upgrade() -> None:
         sa.Column("created_at", Stamp, nullable=False),
     )
     op.create_index(
-        "ix_payment_balance_entries_payment_id", "payment_balance_entries", ["payment_id"]
+        n("ix_payment_balance_entries_payment_id"), n("payment_balance_entries"), ["payment_id"]
     )
 
     op.create_table(
-        "payment_gateway_events",
+        n("payment_gateway_events"),
         sa.Column("id", sa.String(100), primary_key=True),
         sa.Column("type", sa.String(60), nullable=False),
         sa.Column("payment_id", sa.String(40), nullable=True),
@@ -103,13 +110,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("payment_gateway_events")
-    op.drop_index("ix_payment_balance_entries_payment_id", "payment_balance_entries")
-    op.drop_table("payment_balance_entries")
-    op.drop_index("ix_payment_refunds_state_since", "payment_refunds")
-    op.drop_index("ix_payment_refunds_payment_id", "payment_refunds")
-    op.drop_table("payment_refunds")
-    op.drop_index("ix_payments_state_since", "payments")
-    op.drop_index("ix_payments_owner_customer", "payments")
-    op.drop_index("ix_payments_owner_created", "payments")
-    op.drop_table("payments")
+    n = names()
+    op.drop_table(n("payment_gateway_events"))
+    op.drop_index(n("ix_payment_balance_entries_payment_id"), n("payment_balance_entries"))
+    op.drop_table(n("payment_balance_entries"))
+    op.drop_index(n("ix_payment_refunds_state_since"), n("payment_refunds"))
+    op.drop_index(n("ix_payment_refunds_payment_id"), n("payment_refunds"))
+    op.drop_table(n("payment_refunds"))
+    op.drop_index(n("ix_payments_state_since"), n("payments"))
+    op.drop_index(n("ix_payments_owner_customer"), n("payments"))
+    op.drop_index(n("ix_payments_owner_created"), n("payments"))
+    op.drop_table(n("payments"))

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.migrations.names import names
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -17,8 +19,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    n = names()
     op.create_table(
-        "images",
+        n("images"),
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("owner", sa.String(length=120), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=True),
@@ -37,9 +40,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_images_owner_created", "images", ["owner", "created_at"])
+    op.create_index(n("ix_images_owner_created"), n("images"), ["owner", "created_at"])
     op.create_table(
-        "image_variants",
+        n("image_variants"),
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("image_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=40), nullable=False),
@@ -50,13 +53,14 @@ def upgrade() -> None:
         sa.Column("outputs", sa.JSON(), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["image_id"], ["images.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["image_id"], [f"{n('images')}.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("image_id", "name", name="uq_image_variants_name"),
+        sa.UniqueConstraint("image_id", "name", name=n("uq_image_variants_name")),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("image_variants")
-    op.drop_index("ix_images_owner_created", table_name="images")
-    op.drop_table("images")
+    n = names()
+    op.drop_table(n("image_variants"))
+    op.drop_index(n("ix_images_owner_created"), table_name=n("images"))
+    op.drop_table(n("images"))

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.migrations.names import names
+
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
@@ -50,14 +52,6 @@ _IMAGE_SOURCE = (
     ("height", sa.Integer()),
 )
 
-payments = sa.table(
-    "payments",
-    sa.column("id", sa.String),
-    sa.column("payment_method", sa.String),
-    sa.column("card_brand", sa.String),
-    sa.column("card_last4", sa.String),
-)
-
 
 def _digits(text: str) -> str | None:
     if not _NUMBER.fullmatch(text):
@@ -73,11 +67,23 @@ def _brand(digits: str) -> str:
     return "unknown"
 
 
+def _payments(name: str) -> sa.TableClause:
+    return sa.table(
+        name,
+        sa.column("id", sa.String),
+        sa.column("payment_method", sa.String),
+        sa.column("card_brand", sa.String),
+        sa.column("card_last4", sa.String),
+    )
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("payments") as batch:
+    n = names()
+    with op.batch_alter_table(n("payments")) as batch:
         batch.add_column(sa.Column("card_brand", sa.String(length=20), nullable=True))
         batch.add_column(sa.Column("card_last4", sa.String(length=4), nullable=True))
     connection = op.get_bind()
+    payments = _payments(n("payments"))
     # Payment method ids start with a letter; only digits can be a card number.
     candidates = connection.execute(
         sa.select(payments.c.id, payments.c.payment_method).where(
@@ -98,23 +104,24 @@ def upgrade() -> None:
                 card_last4=digits[-4:],
             )
         )
-    with op.batch_alter_table("images") as batch:
+    with op.batch_alter_table(n("images")) as batch:
         batch.add_column(sa.Column("source_url", sa.String(length=2048), nullable=True))
         for name, type_ in _IMAGE_SOURCE:
             batch.alter_column(name, existing_type=type_, nullable=True)
 
 
 def downgrade() -> None:
+    n = names()
     # Images never fetched cannot satisfy the old NOT NULL columns.
-    images = sa.table("images", sa.column("id", sa.String), sa.column("source_key", sa.String))
-    variants = sa.table("image_variants", sa.column("image_id", sa.String))
+    images = sa.table(n("images"), sa.column("id", sa.String), sa.column("source_key", sa.String))
+    variants = sa.table(n("image_variants"), sa.column("image_id", sa.String))
     unfetched = sa.select(images.c.id).where(images.c.source_key.is_(None))
     op.execute(variants.delete().where(variants.c.image_id.in_(unfetched)))
     op.execute(images.delete().where(images.c.source_key.is_(None)))
-    with op.batch_alter_table("images") as batch:
+    with op.batch_alter_table(n("images")) as batch:
         for name, type_ in _IMAGE_SOURCE:
             batch.alter_column(name, existing_type=type_, nullable=False)
         batch.drop_column("source_url")
-    with op.batch_alter_table("payments") as batch:
+    with op.batch_alter_table(n("payments")) as batch:
         batch.drop_column("card_last4")
         batch.drop_column("card_brand")

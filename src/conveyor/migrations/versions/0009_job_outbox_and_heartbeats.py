@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.migrations.names import names
+
 revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
@@ -17,14 +19,15 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
+    n = names()
+    with op.batch_alter_table(n("jobs")) as batch:
         batch.add_column(sa.Column("payload", sa.JSON(), nullable=True))
         batch.add_column(
             sa.Column("events_pending", sa.Boolean(), nullable=False, server_default=sa.false())
         )
     op.create_index(
-        "ix_jobs_events_pending",
-        "jobs",
+        n("ix_jobs_events_pending"),
+        n("jobs"),
         ["events_pending"],
         sqlite_where=sa.text("events_pending"),
         postgresql_where=sa.text("events_pending"),
@@ -32,7 +35,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_jobs_events_pending", table_name="jobs")
-    with op.batch_alter_table("jobs") as batch:
+    n = names()
+    op.drop_index(n("ix_jobs_events_pending"), table_name=n("jobs"))
+    with op.batch_alter_table(n("jobs")) as batch:
         batch.drop_column("events_pending")
         batch.drop_column("payload")

@@ -12,7 +12,7 @@ from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.paging import Offset
 from conveyor.api.schemas import Problem
 from conveyor.core.ledger import iso
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import Settings, get_settings, section
 from conveyor.local.mail_sink import Mailbox
 from conveyor.workloads.email import dev_mailbox, service, suppressions
 from conveyor.workloads.email.addresses import normalize_email
@@ -26,6 +26,7 @@ from conveyor.workloads.email.schemas import (
     SuppressionOut,
     SuppressionRequest,
 )
+from conveyor.workloads.email.settings import EmailSettings
 from conveyor.workloads.email.templates import RenderError, get_registry
 
 router = APIRouter(tags=["email"], route_class=IdempotentRoute)
@@ -50,7 +51,7 @@ def _unprocessable(exc: InvalidInput) -> HTTPException:
     ),
 )
 async def send_email(body: EmailRequest, caller: CallerDep) -> dict[str, Any]:
-    settings = get_settings()
+    settings = section(EmailSettings)
     try:
         created = await run_in_threadpool(
             service.create_email,
@@ -82,7 +83,7 @@ async def send_email(body: EmailRequest, caller: CallerDep) -> dict[str, Any]:
     ),
 )
 async def send_batch(body: BatchRequest, caller: CallerDep) -> dict[str, Any]:
-    settings = get_settings()
+    settings = section(EmailSettings)
     try:
         batch = await run_in_threadpool(
             service.create_batch,
@@ -234,13 +235,13 @@ def delete_suppression(suppression_id: str, caller: CallerDep, session: SessionD
 
 
 def _mailbox() -> Mailbox:
-    settings = get_settings()
-    if not settings.mail_sink:
+    email = section(EmailSettings)
+    if not email.mail_sink:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             "no mailbox: the local mail sink is off (conveyor up turns it on)",
         )
-    return Mailbox(settings.data_dir / "mailbox", settings.mail_sink_max_messages)
+    return Mailbox(get_settings().data_dir / "mailbox", email.mail_sink_max_messages)
 
 
 @router.get(
@@ -278,3 +279,7 @@ def get_mailbox_message(message_id: str, caller: CallerDep, session: SessionDep)
 )
 def clear_mailbox(caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     return {"deleted": dev_mailbox.clear(_mailbox(), session, caller.scope)}
+
+
+def body_limits(settings: Settings) -> dict[str, int]:
+    return {"/api/v1/emails/batch": section(EmailSettings).email_batch_max_body_bytes}

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.core import rate_limit
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import section
+from conveyor.workloads.email.settings import EmailSettings
 
 PROVIDER_KEY = "email:provider"
 # Booking further ahead than this means the limit is far over-subscribed: ask again later.
@@ -39,8 +40,8 @@ class EmailLimits:
     domain_overrides: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> EmailLimits:
-        settings = settings or get_settings()
+    def from_settings(cls, settings: EmailSettings | None = None) -> EmailLimits:
+        settings = settings or section(EmailSettings)
         return cls(
             provider=settings.email_rate_per_second,
             domain=settings.email_domain_rate_per_second,

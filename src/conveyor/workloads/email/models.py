@@ -29,7 +29,7 @@ FINAL_STATUSES = frozenset(
 class Email(Base):
     """One message: rendered at submit time, so the worker only builds and sends it."""
 
-    __tablename__ = "emails"
+    __tablename__ = "conveyor_emails"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120))
@@ -65,16 +65,16 @@ class Email(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        Index("ix_emails_owner_created", "owner", "created_at"),
-        Index("ix_emails_batch_status", "batch_id", "status"),
-        Index("ix_emails_status_send_at", "status", "send_at"),
+        Index("ix_conveyor_emails_owner_created", "owner", "created_at"),
+        Index("ix_conveyor_emails_batch_status", "batch_id", "status"),
+        Index("ix_conveyor_emails_status_send_at", "status", "send_at"),
     )
 
 
 class EmailBatch(Base):
     """A bulk send: its emails carry its id; its job is the parent of the chunk jobs."""
 
-    __tablename__ = "email_batches"
+    __tablename__ = "conveyor_email_batches"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120), index=True)
@@ -92,7 +92,7 @@ class Suppression(Base):
     Scoped by owner: one tenant's bounces never silence another tenant's mail.
     """
 
-    __tablename__ = "email_suppressions"
+    __tablename__ = "conveyor_email_suppressions"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120))
@@ -103,13 +103,15 @@ class Suppression(Base):
     email_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (UniqueConstraint("owner", "address", name="uq_email_suppressions_owner"),)
+    __table_args__ = (
+        UniqueConstraint("owner", "address", name="uq_conveyor_email_suppressions_owner"),
+    )
 
 
 class StoredFile(Base):
     """An uploaded file (an attachment); the bytes live in conveyor.core.storage."""
 
-    __tablename__ = "stored_files"
+    __tablename__ = "conveyor_stored_files"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120), index=True)

@@ -22,7 +22,6 @@ from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED, Submission, submit, submit_workflow
 from conveyor.core.models import utcnow
-from conveyor.core.settings import Settings
 from conveyor.core.storage import Storage
 from conveyor.workloads.email.addresses import (
     Address,
@@ -34,6 +33,7 @@ from conveyor.workloads.email.errors import InvalidInput
 from conveyor.workloads.email.html_text import html_to_text
 from conveyor.workloads.email.models import Email, EmailBatch, EmailStatus, StoredFile
 from conveyor.workloads.email.schemas import AttachmentRef, BatchRequest, EmailRequest
+from conveyor.workloads.email.settings import EmailSettings
 from conveyor.workloads.email.templates import RenderError, TemplateRegistry
 
 SEND_TASK = "conveyor.workloads.email.send"
@@ -49,7 +49,7 @@ class Content:
     template: str | None
 
 
-def new_message_id(settings: Settings) -> str:
+def new_message_id(settings: EmailSettings) -> str:
     return f"<{uuid.uuid4().hex}@{settings.email_message_id_domain}>"
 
 
@@ -89,7 +89,7 @@ def render_content(
     return Content(subject, text or html_to_text(html or ""), html, None)
 
 
-def _sender(value: str | None, settings: Settings) -> str:
+def _sender(value: str | None, settings: EmailSettings) -> str:
     if value is None:
         return settings.email_from
     return _formatted(parse_address(value, "from"))
@@ -100,7 +100,7 @@ def _reply_to(value: str | None) -> str | None:
 
 
 def resolve_attachments(
-    session: Session, owner: str, refs: list[AttachmentRef], settings: Settings
+    session: Session, owner: str, refs: list[AttachmentRef], settings: EmailSettings
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     total = 0
@@ -147,7 +147,7 @@ def create_email(
     owner: str,
     body: EmailRequest,
     *,
-    settings: Settings,
+    settings: EmailSettings,
     registry: TemplateRegistry,
     app: Celery | None = None,
 ) -> Created:
@@ -236,7 +236,9 @@ def list_unsubscribe(address: str, url: str | None, mailto: str | None) -> dict[
     return headers
 
 
-def _unsubscribe_target(body: BatchRequest, settings: Settings) -> tuple[str | None, str | None]:
+def _unsubscribe_target(
+    body: BatchRequest, settings: EmailSettings
+) -> tuple[str | None, str | None]:
     url = body.unsubscribe_url or settings.email_unsubscribe_url
     if url is not None:
         check_header_value(url, "unsubscribe_url", max_length=2000)
@@ -253,7 +255,7 @@ def create_batch(
     owner: str,
     body: BatchRequest,
     *,
-    settings: Settings,
+    settings: EmailSettings,
     registry: TemplateRegistry,
     app: Celery | None = None,
 ) -> EmailBatch:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conveyor.core.errors import PermanentError, TransientError
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import section
+from conveyor.workloads.email.settings import EmailSettings
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class SmtpConfig:
     noop_after: float = 5.0
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> SmtpConfig:
-        settings = settings or get_settings()
+    def from_settings(cls, settings: EmailSettings | None = None) -> SmtpConfig:
+        settings = settings or section(EmailSettings)
         return cls(
             host=settings.smtp_host,
             port=settings.smtp_port,

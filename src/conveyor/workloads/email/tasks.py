@@ -12,7 +12,7 @@ from conveyor.core import dead_letters
 from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
 from conveyor.core.errors import JobCancelled
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import get_settings, section
 from conveyor.core.storage import get_storage
 from conveyor.core.task import ConveyorTask
 from conveyor.workloads.email import smtp
@@ -20,6 +20,7 @@ from conveyor.workloads.email.limits import EmailLimits, Pacer
 from conveyor.workloads.email.models import Email
 from conveyor.workloads.email.sending import Deferred, Sender, mark_failed
 from conveyor.workloads.email.service import DISPATCH_TASK, QUEUE, SEND_TASK, dispatch_due
+from conveyor.workloads.email.settings import EmailSettings
 from conveyor.workloads.email.signals import email_sent
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def send(self: EmailTask, email_ids: list[str], bulk: bool = False) -> dict[str,
 
     sender = Sender(
         connection=smtp.process_connection(),
-        pacer=Pacer(EmailLimits.from_settings(settings)),
+        pacer=Pacer(EmailLimits.from_settings()),
         storage=get_storage(settings),
         on_sent=_announce,
         on_bounce=bounced if bulk else None,
@@ -101,7 +102,7 @@ def send(self: EmailTask, email_ids: list[str], bulk: bool = False) -> dict[str,
 @shared_task(bind=True, base=ConveyorTask, name=DISPATCH_TASK, track=False, retry_max=0)
 def dispatch_scheduled(self: ConveyorTask) -> int:
     """Beat: publish scheduled emails that are due (or due before the next tick)."""
-    interval = get_settings().email_dispatch_interval_seconds
+    interval = section(EmailSettings).email_dispatch_interval_seconds
     try:
         return dispatch_due(get_celery(), horizon=interval * 1.5)
     except Exception:

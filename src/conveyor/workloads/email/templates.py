@@ -26,9 +26,10 @@ from jinja2 import (
     UndefinedError,
 )
 
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import section
 from conveyor.workloads.email.errors import InvalidInput
 from conveyor.workloads.email.html_text import html_to_text
+from conveyor.workloads.email.settings import EmailSettings
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "templates"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -129,7 +130,7 @@ class TemplateRegistry:
             raise RenderError("context", f"{path}: {exc}") from None
 
 
-def template_dirs(settings: Settings) -> list[Path]:
+def template_dirs(settings: EmailSettings) -> list[Path]:
     custom = [settings.email_templates_dir] if settings.email_templates_dir else []
     return [*custom, BUILTIN_DIR]
 
@@ -139,5 +140,5 @@ def _registry(directories: tuple[Path, ...]) -> TemplateRegistry:
     return TemplateRegistry(list(directories))
 
 
-def get_registry(settings: Settings | None = None) -> TemplateRegistry:
-    return _registry(tuple(template_dirs(settings or get_settings())))
+def get_registry(settings: EmailSettings | None = None) -> TemplateRegistry:
+    return _registry(tuple(template_dirs(settings or section(EmailSettings))))

@@ -16,12 +16,13 @@ from conveyor.core import ledger
 from conveyor.core.filenames import display_name
 from conveyor.core.models import Job
 from conveyor.core.redaction import safe_url
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import Settings, get_settings, section
 from conveyor.core.storage import NotFound, Storage, get_storage
 from conveyor.workloads.images import pipeline, service, vips
 from conveyor.workloads.images.fetch import check_url
 from conveyor.workloads.images.models import Image, VariantStatus
 from conveyor.workloads.images.presets import DEFAULT_PRESET, EXTENSIONS, MEDIA_TYPES
+from conveyor.workloads.images.settings import ImagesSettings
 from conveyor.workloads.images.validation import RejectedImage, inspect_upload
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"], route_class=IdempotentRoute)
@@ -105,11 +106,11 @@ def upload_image(
     url: Annotated[str | None, Form(max_length=2048, description="Or a URL to fetch.")] = None,
     preset: Annotated[str | None, Form(max_length=40)] = None,
 ) -> dict[str, Any]:
-    settings = get_settings()
+    images = section(ImagesSettings)
     preset_name = preset or DEFAULT_PRESET
-    chosen = service.presets(settings).get(preset_name)
+    chosen = service.presets(images).get(preset_name)
     if chosen is None:
-        known = ", ".join(sorted(service.presets(settings)))
+        known = ", ".join(sorted(service.presets(images)))
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"preset: unknown preset {preset_name!r}; configured presets: {known}",
@@ -129,8 +130,8 @@ def upload_image(
         )
         return _start(session, image, [variant.name for variant in image.variants])
     assert file is not None
-    vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
-    limits = service.limits(settings)
+    vips.configure(images.image_vips_concurrency, tune_malloc=images.image_tune_malloc)
+    limits = service.limits(images)
     data = file.file.read(limits.max_bytes + 1)
     filename = display_name(file.filename)
     try:
@@ -139,7 +140,7 @@ def upload_image(
         raise HTTPException(exc.status, exc.message) from None
     image = service.create_image(
         session,
-        get_storage(settings),
+        get_storage(get_settings()),
         owner=caller.owner,
         preset_name=preset_name,
         preset=chosen,
@@ -187,8 +188,7 @@ def _file_url(storage: Storage, base_url: str, image: Image, key: str, name: str
 def _image_out(
     session: SessionDep, image: Image, storage: Storage, base_url: str
 ) -> dict[str, Any]:
-    settings = get_settings()
-    preset = service.presets(settings).get(image.preset)
+    preset = service.presets(section(ImagesSettings)).get(image.preset)
     variants: list[dict[str, Any]] = []
     for variant in image.variants:
         spec = preset.variant(variant.name) if preset else None
@@ -368,3 +368,8 @@ def retry_variant(
 )
 def retry_failed(image_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     return _retry(session, caller, image_id, None)
+
+
+def body_limits(settings: Settings) -> dict[str, int]:
+    # Room for the multipart framing around the file itself.
+    return {"/api/v1/images": section(ImagesSettings).image_max_upload_bytes + 64 * 1024}

@@ -34,7 +34,7 @@ FINISHED_VARIANT = frozenset({VariantStatus.DONE, VariantStatus.FAILED})
 
 
 class Image(Base):
-    __tablename__ = "images"
+    __tablename__ = "conveyor_images"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(120))
@@ -62,14 +62,14 @@ class Image(Base):
         back_populates="image", order_by="ImageVariant.position", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_images_owner_created", "owner", "created_at"),)
+    __table_args__ = (Index("ix_conveyor_images_owner_created", "owner", "created_at"),)
 
 
 class ImageVariant(Base):
-    __tablename__ = "image_variants"
+    __tablename__ = "conveyor_image_variants"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    image_id: Mapped[str] = mapped_column(ForeignKey("conveyor_images.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(40))
     position: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=VariantStatus.PENDING)
@@ -82,4 +82,4 @@ class ImageVariant(Base):
 
     image: Mapped[Image] = relationship(back_populates="variants")
 
-    __table_args__ = (UniqueConstraint("image_id", "name", name="uq_image_variants_name"),)
+    __table_args__ = (UniqueConstraint("image_id", "name", name="uq_conveyor_image_variants_name"),)

@@ -21,7 +21,6 @@ from conveyor.core import ledger, outcomes
 from conveyor.core.events import publish_job
 from conveyor.core.filenames import display_name
 from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
-from conveyor.core.settings import Settings
 from conveyor.core.storage import NotFound, Storage
 from conveyor.workloads.images.engine import (
     Encoded,
@@ -43,6 +42,7 @@ from conveyor.workloads.images.presets import (
     Preset,
     parse_presets,
 )
+from conveyor.workloads.images.settings import ImagesSettings
 from conveyor.workloads.images.validation import Inspected, Limits
 
 PIPELINE_TASK = "conveyor.workloads.images.pipeline"
@@ -62,18 +62,18 @@ def _parsed(text: str) -> dict[str, Preset]:
     return parse_presets(text)
 
 
-def presets(settings: Settings) -> dict[str, Preset]:
+def presets(settings: ImagesSettings) -> dict[str, Preset]:
     return _parsed(settings.image_presets)
 
 
-def preset_of(settings: Settings, image: Image) -> Preset:
+def preset_of(settings: ImagesSettings, image: Image) -> Preset:
     found = presets(settings).get(image.preset)
     if found is None:
         raise LookupError(f"preset {image.preset!r} is no longer configured")
     return found
 
 
-def limits(settings: Settings) -> Limits:
+def limits(settings: ImagesSettings) -> Limits:
     return Limits(
         max_bytes=settings.image_max_upload_bytes,
         max_width=settings.image_max_width,
@@ -82,7 +82,7 @@ def limits(settings: Settings) -> Limits:
     )
 
 
-def encode_options(settings: Settings, preset: Preset) -> EncodeOptions:
+def encode_options(settings: ImagesSettings, preset: Preset) -> EncodeOptions:
     return EncodeOptions(
         jpeg_quality=settings.image_jpeg_quality,
         webp_quality=settings.image_webp_quality,

@@ -17,13 +17,14 @@ from celery.utils.dispatch import Signal
 
 from conveyor.core.db import session_scope
 from conveyor.core.errors import ErrorKind, PermanentError
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import get_settings, section
 from conveyor.core.storage import NotFound, get_storage
 from conveyor.core.task import ConveyorTask
 from conveyor.workloads.images import engine, pipeline, service, vips
 from conveyor.workloads.images.fetch import fetch_image
 from conveyor.workloads.images.models import Image, ImageStatus, VariantStatus
 from conveyor.workloads.images.pipeline import FETCH, FINALIZE, VALIDATE, VARIANT
+from conveyor.workloads.images.settings import ImagesSettings
 from conveyor.workloads.images.validation import RejectedImage, inspect_upload
 
 # Sent just before a variant is made, with image_id, variant and owner: a hook for
@@ -94,8 +95,8 @@ class FetchTask(FirstStepTask):
 def fetch(self: FetchTask, image_id: str) -> dict[str, Any]:
     """Fetch the image's URL and check the bytes as an upload is checked in the API,
     decoding them to the end, before they are kept as its original."""
-    settings = get_settings()
-    vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
+    images = section(ImagesSettings)
+    vips.configure(images.image_vips_concurrency, tune_malloc=images.image_tune_malloc)
     image = self.image(image_id)
     replayed = image.status == ImageStatus.FAILED
     if image.source_key is None:
@@ -103,18 +104,18 @@ def fetch(self: FetchTask, image_id: str) -> dict[str, Any]:
             raise PermanentError(f"image {image_id} has neither a source nor a URL")
         if image.job_id is not None and not replayed:
             service.begin_fetch(self.db, image, image.job_id, self.request.hostname)
-        limits = service.limits(settings)
+        limits = service.limits(images)
         try:
             fetched = fetch_image(
                 image.source_url,
                 max_bytes=limits.max_bytes,
-                deadline=settings.image_fetch_timeout_seconds,
+                deadline=images.image_fetch_timeout_seconds,
             )
             # A server's names and types are often wrong; only the content decides here.
             inspected = inspect_upload(fetched.data, limits, field="url")
         except RejectedImage as exc:
             raise PermanentError(exc.message) from exc
-        storage = get_storage(settings)
+        storage = get_storage(get_settings())
         service.store_fetched(self.db, storage, image, inspected, fetched.data, fetched.filename)
     if replayed:
         # A replayed dead letter, outside any pipeline: make the variants with a new run.
@@ -128,17 +129,17 @@ def fetch(self: FetchTask, image_id: str) -> dict[str, Any]:
 @shared_task(bind=True, base=ValidateTask, name=VALIDATE)
 def validate(self: ValidateTask, image_id: str) -> dict[str, Any]:
     """Check the stored original again, decode it once for every variant, start the run."""
-    settings = get_settings()
-    vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
+    images = section(ImagesSettings)
+    vips.configure(images.image_vips_concurrency, tune_malloc=images.image_tune_malloc)
     image = self.image(image_id)
-    storage = get_storage(settings)
+    storage = get_storage(get_settings())
     data = storage.get(service.source_key(image))
     try:
         # The working copy below decodes every byte, failing on truncation.
-        inspect_upload(data, service.limits(settings), decode_check=False)
+        inspect_upload(data, service.limits(images), decode_check=False)
     except RejectedImage as exc:
         raise PermanentError(exc.message) from exc
-    service.store_working_copy(self.db, storage, image, service.preset_of(settings, image), data)
+    service.store_working_copy(self.db, storage, image, service.preset_of(images, image), data)
     assert image.job_id is not None
     service.begin_run(self.db, image, image.job_id, self.request.hostname)
     return {"image_id": image_id, "width": image.width, "height": image.height}
@@ -146,8 +147,8 @@ def validate(self: ValidateTask, image_id: str) -> dict[str, Any]:
 
 @shared_task(bind=True, base=ImageTask, name=VARIANT)
 def variant(self: ImageTask, image_id: str, name: str) -> dict[str, Any]:
-    settings = get_settings()
-    vips.configure(settings.image_vips_concurrency, tune_malloc=settings.image_tune_malloc)
+    images = section(ImagesSettings)
+    vips.configure(images.image_vips_concurrency, tune_malloc=images.image_tune_malloc)
     image = self.image(image_id)
     row = service.variant_of(image, name)
     if row is None:
@@ -158,16 +159,16 @@ def variant(self: ImageTask, image_id: str, name: str) -> dict[str, Any]:
     service.claim_variant(self.db, row, self.request.id)
     try:
         _send_before_variant(self, image_id, name, image.owner)
-        preset = service.preset_of(settings, image)
+        preset = service.preset_of(images, image)
         spec = preset.variant(name)
         if spec is None:
             raise LookupError(f"preset {image.preset!r} has no variant {name!r}")
-        storage = get_storage(settings)
+        storage = get_storage(get_settings())
         encoded = engine.make_variant(
             service.load_source(storage, image),
             spec,
             preset.formats_of(spec),
-            service.encode_options(settings, preset),
+            service.encode_options(images, preset),
             preset.watermark,
         )
         outputs = service.store_outputs(storage, image_id, name, encoded)
@@ -191,5 +192,5 @@ def variant(self: ImageTask, image_id: str, name: str) -> dict[str, Any]:
 @shared_task(bind=True, base=ImageTask, name=FINALIZE)
 def finalize(self: ImageTask, image_id: str) -> dict[str, Any]:
     image = self.image(image_id)
-    preset = service.presets(get_settings()).get(image.preset)
+    preset = service.presets(section(ImagesSettings)).get(image.preset)
     return service.finalize(self.db, image, preset)

@@ -18,7 +18,7 @@ from conveyor.api.idempotency import IdempotencyRequiredRoute
 from conveyor.api.schemas import Problem
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import Submission, submit
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import section
 from conveyor.workloads.payments import cards, gateway_events, service
 from conveyor.workloads.payments import events as _events  # noqa: F401 - registers event types
 from conveyor.workloads.payments.gateway import RefundResult
@@ -30,6 +30,7 @@ from conveyor.workloads.payments.schemas import (
     RefundIn,
     RefundOut,
 )
+from conveyor.workloads.payments.settings import PaymentsSettings
 from conveyor.workloads.payments.settlement import settle_refund
 from conveyor.workloads.payments.tasks import CHARGE_TASK, REFUND_TASK
 
@@ -51,8 +52,9 @@ def _submit(task_name: str, target_id: str, owner: str, job_id: str) -> None:
 
 def _create_payment(body: PaymentIn, owner: str) -> dict[str, Any]:
     job_id = str(uuid.uuid4())
+    gateway = section(PaymentsSettings).payments_gateway
     try:
-        method = cards.stored_method(body.payment_method, get_settings().payments_gateway)
+        method = cards.stored_method(body.payment_method, gateway)
     except cards.BadPaymentMethod as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     new = service.NewPayment(
@@ -194,7 +196,7 @@ gateway_router = APIRouter(tags=["payments"])
     responses={400: {"model": Problem}, 401: {"model": Problem}, 503: {"model": Problem}},
 )
 async def gateway_event(request: Request) -> dict[str, Any]:
-    secret = get_settings().payments_gateway_webhook_secret
+    secret = section(PaymentsSettings).payments_gateway_webhook_secret
     if secret is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -243,5 +245,6 @@ def get_refund(
     return service.refund_to_dict(refund)
 
 
-# Included with its own (plain) route class kept.
-router.include_router(gateway_router)
+# Signed by the gateway, not sent by a signed-in caller: mounted outside the app's auth.
+public_router = APIRouter(prefix="/api/v1/payments")
+public_router.include_router(gateway_router)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import threading
 
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import section
 from conveyor.workloads.payments.gateway import PaymentGateway
 from conveyor.workloads.payments.sandbox.client import SandboxGateway
+from conveyor.workloads.payments.settings import PaymentsSettings
 from conveyor.workloads.payments.stripe_gateway import StripeGateway
 
 _lock = threading.Lock()
@@ -18,7 +19,7 @@ class GatewayNotConfigured(RuntimeError):
     pass
 
 
-def build_gateway(settings: Settings) -> PaymentGateway:
+def build_gateway(settings: PaymentsSettings) -> PaymentGateway:
     timeout = settings.payments_gateway_timeout_seconds
     if settings.payments_gateway == "stripe":
         if settings.stripe_api_key is None:
@@ -33,8 +34,8 @@ def build_gateway(settings: Settings) -> PaymentGateway:
     return SandboxGateway(settings.payments_gateway_url, timeout)
 
 
-def get_gateway(settings: Settings | None = None) -> PaymentGateway:
-    settings = settings or get_settings()
+def get_gateway(settings: PaymentsSettings | None = None) -> PaymentGateway:
+    settings = settings or section(PaymentsSettings)
     # Per process: an HTTP connection pool must not cross a fork.
     key = (os.getpid(), f"{settings.payments_gateway}:{settings.payments_gateway_url}")
     gateway = _gateways.get(key)

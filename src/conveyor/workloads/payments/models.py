@@ -35,7 +35,7 @@ class RefundState(StrEnum):
 
 
 class Payment(Base):
-    __tablename__ = "payments"
+    __tablename__ = "conveyor_payments"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the gateway's key too
     owner: Mapped[str] = mapped_column(String(120))
@@ -63,23 +63,25 @@ class Payment(Base):
     settled_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (
-        Index("ix_payments_owner_created", "owner", "created_at", "id"),
-        Index("ix_payments_owner_customer", "owner", "customer_id"),
-        Index("ix_payments_state_since", "state", "processing_since"),
+        Index("ix_conveyor_payments_owner_created", "owner", "created_at", "id"),
+        Index("ix_conveyor_payments_owner_customer", "owner", "customer_id"),
+        Index("ix_conveyor_payments_state_since", "state", "processing_since"),
         # The database itself refuses a refund total above the capture.
         CheckConstraint(
             "amount_refunded + amount_refund_pending <= amount_captured",
-            name="ck_payments_refunds_within_capture",
+            name="ck_conveyor_payments_refunds_within_capture",
         ),
-        CheckConstraint("amount > 0", name="ck_payments_amount_positive"),
+        CheckConstraint("amount > 0", name="ck_conveyor_payments_amount_positive"),
     )
 
 
 class Refund(Base):
-    __tablename__ = "payment_refunds"
+    __tablename__ = "conveyor_payment_refunds"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the gateway's key too
-    payment_id: Mapped[str] = mapped_column(String(40), ForeignKey("payments.id"), index=True)
+    payment_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("conveyor_payments.id"), index=True
+    )
     owner: Mapped[str] = mapped_column(String(120))
     amount: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))
@@ -94,7 +96,9 @@ class Refund(Base):
     processing_since: Mapped[datetime | None] = mapped_column()
     settled_at: Mapped[datetime | None] = mapped_column()
 
-    __table_args__ = (Index("ix_payment_refunds_state_since", "state", "processing_since"),)
+    __table_args__ = (
+        Index("ix_conveyor_payment_refunds_state_since", "state", "processing_since"),
+    )
 
 
 class BalanceEntry(Base):
@@ -104,11 +108,13 @@ class BalanceEntry(Base):
     booked twice whatever the number of runs that saw it.
     """
 
-    __tablename__ = "payment_balance_entries"
+    __tablename__ = "conveyor_payment_balance_entries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     entry_key: Mapped[str] = mapped_column(String(60), unique=True)
-    payment_id: Mapped[str] = mapped_column(String(40), ForeignKey("payments.id"), index=True)
+    payment_id: Mapped[str] = mapped_column(
+        String(40), ForeignKey("conveyor_payments.id"), index=True
+    )
     refund_id: Mapped[str | None] = mapped_column(String(40))
     owner: Mapped[str] = mapped_column(String(120))
     kind: Mapped[str] = mapped_column(String(10))
@@ -120,7 +126,7 @@ class BalanceEntry(Base):
 class GatewayEvent(Base):
     """An event the gateway posted; the primary key makes a redelivered event a no-op."""
 
-    __tablename__ = "payment_gateway_events"
+    __tablename__ = "conveyor_payment_gateway_events"
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
     type: Mapped[str] = mapped_column(String(60))

@@ -10,11 +10,12 @@ from celery import shared_task
 from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_factory
 from conveyor.core.jobs import HEADER_RECORDED
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import get_settings, section
 from conveyor.core.task import ConveyorTask
 from conveyor.workloads.payments import events as _events  # noqa: F401 - registers event types
 from conveyor.workloads.payments import processing
 from conveyor.workloads.payments.factory import get_gateway
+from conveyor.workloads.payments.settings import PaymentsSettings
 
 CHARGE_TASK = "conveyor.workloads.payments.charge"
 REFUND_TASK = "conveyor.workloads.payments.refund"
@@ -32,11 +33,11 @@ class MoneyTask(ConveyorTask):
     backoff_base = 1.0
 
     def max_retry_count(self) -> int:
-        return get_settings().payments_retry_max
+        return section(PaymentsSettings).payments_retry_max
 
     def retry_delay(self, retries: int) -> float:
-        settings = get_settings()
-        ceiling = min(settings.payments_backoff_max_seconds, settings.retry_backoff_max)
+        own = section(PaymentsSettings).payments_backoff_max_seconds
+        ceiling = min(own, get_settings().retry_backoff_max)
         return min(super().retry_delay(retries), ceiling)
 
     def review_reason(self, exc: BaseException, reason: str) -> str:
@@ -92,8 +93,7 @@ def reconcile_payments(
 ) -> dict[str, int]:
     """Beat: settle payments and refunds stuck in processing by asking the gateway, and
     publish again those whose job never started."""
-    settings = get_settings()
-    stuck = settings.payments_stuck_after_seconds
+    stuck = section(PaymentsSettings).payments_stuck_after_seconds
     older_than = stuck if older_than_seconds is None else older_than_seconds
     pending = stuck if pending_older_than_seconds is None else pending_older_than_seconds
     sessions = session_factory()

@@ -23,9 +23,10 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from conveyor.core.settings import Settings, get_settings
+from conveyor.core.settings import section
 from conveyor.webhooks.signing import signature_headers
 from conveyor.workloads.payments.sandbox.core import Config, Reply, SandboxCore
+from conveyor.workloads.payments.settings import PaymentsSettings
 
 log = logging.getLogger(__name__)
 # Seconds between the attempts to post one event.
@@ -40,8 +41,10 @@ class ConfigIn(BaseModel):
     send_events: bool | None = None
 
 
-def create_app(settings: Settings | None = None, core: SandboxCore | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(
+    settings: PaymentsSettings | None = None, core: SandboxCore | None = None
+) -> FastAPI:
+    settings = settings or section(PaymentsSettings)
     core = core or SandboxCore(
         Config(
             latency_ms=settings.sandbox_latency_ms,

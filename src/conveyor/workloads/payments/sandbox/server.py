@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import section
+from conveyor.workloads.payments.settings import PaymentsSettings
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:
@@ -11,7 +12,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     from conveyor.core.settings import SettingsError
     from conveyor.local.ports import choose_port
 
-    settings = get_settings()
+    settings = section(PaymentsSettings)
     host = host or settings.sandbox_gateway_host
     try:
         port = choose_port(

@@ -1,0 +1,1 @@
+"""An application of its own (users, invoices) whose background jobs run on Conveyor."""
