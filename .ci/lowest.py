@@ -153,6 +153,8 @@ def _exercise(process: subprocess.Popen[bytes], log_path: Path, base: str) -> in
         return "Conveyor is up" in log_path.read_text(errors="replace")
 
     wait_for("banner", banner, UP_TIMEOUT, process)
+    text = log_path.read_text(errors="replace")
+    print(text[text.rfind("\n", 0, text.index("Conveyor is up")) + 1 :], end="", flush=True)
     ready = httpx.get(f"{base}/health/ready", timeout=10)
     if ready.status_code != 200:
         raise SystemExit(f"lowest: /health/ready answered {ready.status_code}: {ready.text}")

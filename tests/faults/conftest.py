@@ -24,8 +24,9 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from conveyor.core.settings import get_settings
+from conveyor.core.workloads import queues
 from tests.integration.conftest import (
-    QUEUES,
     Process,
     api_answers,
     api_process,
@@ -142,7 +143,7 @@ class FaultStack:
             name,
             [
                 sys.executable, "-m", "celery", "-A", "conveyor.worker", "worker",
-                "-Q", ",".join(QUEUES), "-c", "2", "-n", node,
+                "-Q", ",".join(queues(get_settings())), "-c", "2", "-n", node,
                 "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
         )  # fmt: skip

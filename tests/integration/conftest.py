@@ -26,7 +26,8 @@ import redis
 
 from conveyor.core import api_keys, db
 from conveyor.core.celery_app import get_celery
-from conveyor.core.settings import QUEUES, get_settings
+from conveyor.core.settings import get_settings
+from conveyor.core.workloads import queues
 
 REDIS_HOST = os.environ.get("CONVEYOR_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
@@ -195,7 +196,7 @@ class Stack:
             "worker",
             [
                 sys.executable, "-m", "celery", "-A", "conveyor.worker", "worker",
-                "-Q", ",".join(QUEUES), "-c", "2", "-n", node,
+                "-Q", ",".join(queues(get_settings())), "-c", "2", "-n", node,
                 "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
             self.env,

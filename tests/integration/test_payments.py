@@ -405,7 +405,7 @@ def test_the_readme_flow_keeps_no_card_number_in_the_database_redis_or_logs(
         shown = wait_for(refunded, 60, "the refund to succeed")
         assert shown["card"] == {"brand": "visa", "last4": "4242"}
         assert number not in str(shown)
-    assert "payments.id" in _tables_holding(payment["id"])  # the search does find things
+    assert "conveyor_payments.id" in _tables_holding(payment["id"])  # the search does find things
     assert _tables_holding(number) == []
     assert _redis_keys_holding(number) == []
     logs = {path.name: path.read_text(errors="replace") for path in stack.tmp.glob("*.log")}

@@ -44,8 +44,6 @@ def test_the_sample_app_runs_its_own_task_on_its_own_queue(redis_url: str, tmp_p
                 "-q",
                 "-p",
                 "no:cacheprovider",
-                "-W",
-                "error::UserWarning",
             ],
             cwd=APP,
             env=env,

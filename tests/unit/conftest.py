@@ -11,7 +11,7 @@ from celery._state import _set_task_join_will_block  # type: ignore[attr-defined
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from conveyor.core import db
+from conveyor.core import db, redis_client
 from conveyor.core.models import Base
 from conveyor.core.settings import PLATFORM_URLS, get_settings
 
@@ -28,8 +28,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
     get_settings.cache_clear()
     db.dispose_all()
-    # An API app made by a test marks this process as one that never waits for results.
+    # An API app made by a test marks this process as one that never waits for results,
+    # and fails fast for a while after a Redis it could not reach (127.0.0.1:1 in tests).
     _set_task_join_will_block(False)
+    monkeypatch.setattr(redis_client, "_fail_fast", False)
+    monkeypatch.setattr(redis_client, "_outage_until", 0.0)
 
 
 @pytest.fixture

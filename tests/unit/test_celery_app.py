@@ -205,7 +205,7 @@ def test_an_undeclared_queue_is_an_error_naming_the_setting(declared: Any) -> No
     with pytest.raises(UnknownQueue, match=r"queue 'reports'.*CONVEYOR_QUEUES \(declared: billing"):
         route_task("myapp.report", (), {}, {"queue": "reports"})
     task = SimpleNamespace(queue="invoices")
-    with pytest.raises(UnknownQueue, match="myapp.invoice goes to queue 'invoices'"):
+    with pytest.raises(UnknownQueue, match=r"myapp\.invoice goes to queue 'invoices'"):
         route_task("myapp.invoice", (), {}, {}, task=task)
 
 
@@ -259,7 +259,7 @@ def test_submitting_to_an_undeclared_queue_fails_before_anything_is_recorded(
 
     database = tmp_path / "ledger.db"
     declared(database_url=f"sqlite:///{database}", redis_url="redis://127.0.0.1:1/0")
-    with pytest.raises(UnknownQueue, match="myapp.bill goes to queue 'billing'.*CONVEYOR_QUEUES"):
+    with pytest.raises(UnknownQueue, match=r"myapp\.bill goes to queue 'billing'.*CONVEYOR_QUEUES"):
         submit(Submission("myapp.bill", queue="billing"))
     # Refused before the ledger was opened: no database file was even created.
     assert not database.exists()

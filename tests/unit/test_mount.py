@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 
 from conveyor import Caller, Conveyor
@@ -31,6 +31,7 @@ def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.setenv("CONVEYOR_DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
     monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("CONVEYOR_API_RATE_LIMIT_PER_MINUTE", "0")
+    monkeypatch.setenv("CONVEYOR_API_AUTH_FAILURES_PER_MINUTE", "0")
     get_settings.cache_clear()
     Base.metadata.create_all(db.get_engine())
     with db.session_scope() as session:
@@ -117,3 +118,28 @@ def test_signed_requests_from_other_systems_stay_outside_the_apps_sign_in(ledger
         answer = client.post("/jobs/api/v1/payments/gateway-events", content=b"{}")
         assert answer.status_code == 503
         assert "sign in first" not in answer.text
+
+
+def test_settings_given_in_code_become_the_processes_settings(tmp_path: Path) -> None:
+    from conveyor.core.settings import Settings, use_settings
+
+    given = Settings(
+        redis_url="redis://127.0.0.1:1/3",
+        database_url=f"sqlite:///{tmp_path / 'given.db'}",
+        queues="billing=app.billing.*",
+    )
+    try:
+        conveyor = Conveyor(given)
+        assert get_settings() is given
+        assert conveyor.settings is given
+        from conveyor.core.celery_app import queue_for
+
+        assert queue_for("app.billing.charge") == "billing"
+    finally:
+        use_settings(None)
+    assert get_settings() is not given
+
+
+def test_urls_in_answers_follow_the_prefix_the_router_is_mounted_at(ledger_db: None) -> None:
+    app = app_with(Conveyor(owner=signed_in))
+    assert app.url_path_for("conveyor.job", job_id="job-ada") == "/jobs/api/v1/jobs/job-ada"

@@ -14,7 +14,7 @@ import pytest
 from conveyor.core import runtime
 from conveyor.core.preflight import require_task_modules
 from conveyor.core.runtime import AlreadyRunning, Runtime, UpLock
-from conveyor.core.settings import SettingsError, get_settings, load_settings
+from conveyor.core.settings import SettingsError, get_settings, load_settings, section
 from conveyor.local.ports import choose_port
 
 DATA_DIR = Path(".conveyor")
@@ -62,6 +62,25 @@ def test_a_url_set_in_the_environment_wins(
     assert settings.source_of("redis_url") == "CONVEYOR_REDIS_URL"
     # The other URL, not set, still comes from the running system.
     assert settings.source_of("database_url").startswith("found from `conveyor up`")
+
+
+def test_a_worker_finds_the_sandbox_gateway_up_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.workloads.payments.settings import SANDBOX_URL, PaymentsSettings
+
+    lock = UpLock.acquire(DATA_DIR)
+    try:
+        lock.publish(a_runtime(DATA_DIR, urls={SANDBOX_URL: "http://127.0.0.1:8011"}))
+        get_settings.cache_clear()
+        assert section(PaymentsSettings).payments_gateway_url == "http://127.0.0.1:8011"
+        # A URL set in the environment wins, as for Redis and the database.
+        monkeypatch.setenv("CONVEYOR_PAYMENTS_GATEWAY_URL", "http://gateway.internal:9000")
+        get_settings.cache_clear()
+        assert section(PaymentsSettings).payments_gateway_url == "http://gateway.internal:9000"
+    finally:
+        lock.release()
+    monkeypatch.delenv("CONVEYOR_PAYMENTS_GATEWAY_URL")
+    get_settings.cache_clear()
+    assert section(PaymentsSettings).payments_gateway_url == "http://127.0.0.1:8010"
 
 
 def test_another_data_dir_finds_it_from_anywhere(

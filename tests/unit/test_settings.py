@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from conveyor.core.settings import (
-    QUEUES,
     Settings,
     SettingsError,
     get_settings,
@@ -112,15 +111,8 @@ def test_other_defaults_are_production_safe() -> None:
     assert settings.retry_backoff_max < settings.visibility_timeout
     assert settings.worker_prefetch_multiplier == 1
     assert settings.bootstrap_api_key is None
-    assert set(QUEUES) == {
-        "email",
-        "images",
-        "payments",
-        "reports",
-        "scraping",
-        "webhooks",
-        "default",
-    }
+    assert settings.workloads == "auto"
+    assert settings.declared_queues == {}
 
 
 # --- the environment ---------------------------------------------------------------------

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from conveyor.core.celery_app import TASK_MODULES, celery_config, queue_for
+from conveyor.core.celery_app import celery_config, queue_for
 from conveyor.core.models import WebhookDelivery, WebhookEndpoint, utcnow
 from conveyor.core.settings import Settings
+from conveyor.core.workloads import CORE_TASK_MODULES
 from conveyor.webhooks import delivery, events, service
 from conveyor.webhooks.delivery import AttemptResult, claim, due_deliveries, record
 
@@ -317,7 +318,7 @@ def test_retry_schedule_setting() -> None:
 
 
 def test_workers_load_the_tasks_and_beat_runs_the_dispatcher() -> None:
-    assert "conveyor.webhooks.tasks" in TASK_MODULES
+    assert "conveyor.webhooks.tasks" in CORE_TASK_MODULES
     assert queue_for("conveyor.webhooks.deliver") == "webhooks"
     entry = celery_config(Settings(redis_url="redis://127.0.0.1:6379/0"))["beat_schedule"][
         "webhooks-dispatch-due"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from conveyor.testing import Worker, wait_for_job
+from conveyor.testing import Worker, drain, wait_for_job
 
 
 def sign_up(client: TestClient, **body: object) -> dict[str, str]:
@@ -24,6 +24,8 @@ def test_an_invoice_is_sent_by_a_worker_on_the_billing_queue(
     job = wait_for_job(job_id)
     assert job.state == "succeeded"
     assert job.queue == "billing"
+    # Nothing left waiting or running on the app's queue.
+    assert drain("billing") >= 1
 
     # The job, through Conveyor's routes mounted in the app, with the app's own sign-in.
     seen = client.get(f"/conveyor/api/v1/jobs/{job_id}", headers=ada).json()
@@ -53,6 +55,9 @@ def test_a_permanent_failure_is_a_dead_letter_an_admin_replays(
     replayed = client.post(f"/conveyor/api/v1/dead-letters/{letter['id']}/replay", headers=admin)
     assert replayed.status_code == 202
     assert wait_for_job(replayed.json()["job_id"]).state == "succeeded"
+    # Its URL is under the prefix the app mounted Conveyor at; the owner follows it.
+    followed = client.get(replayed.json()["url"], headers=bob)
+    assert followed.json()["state"] == "succeeded"
 
 
 def test_bad_input_is_refused_before_anything_is_queued(client: TestClient) -> None:

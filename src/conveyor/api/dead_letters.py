@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from conveyor.api.deps import AdminDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.paging import Offset
 from conveyor.api.schemas import DeadLetterOut, DeadLetterPage, Problem, Purged, Replayed
+from conveyor.api.urls import path_to
 from conveyor.core import dead_letters, jobs
 from conveyor.core.cleanup import prune_dead_letters
 from conveyor.core.models import DeadLetter, JobState
@@ -71,7 +72,9 @@ def get_dead_letter(letter_id: str, _: AdminDep, session: SessionDep) -> dict[st
     responses=NOT_FOUND,
     summary="Run the dead letter's task again as a new job",
 )
-def replay_dead_letter(letter_id: str, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+def replay_dead_letter(
+    letter_id: str, _: AdminDep, session: SessionDep, request: Request
+) -> dict[str, Any]:
     letter = _letter(session, letter_id)
     job = jobs.replay(session, letter)
     # Commit before answering: the idempotency layer records the answer in its own
@@ -81,7 +84,7 @@ def replay_dead_letter(letter_id: str, _: AdminDep, session: SessionDep) -> dict
         "dead_letter_id": letter.id,
         "job_id": job.id,
         "status": JobState.QUEUED,
-        "url": f"/api/v1/jobs/{job.id}",
+        "url": path_to(request, "conveyor.job", job_id=job.id),
     }
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.api.deps import AdminDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Accepted, DiagnosticsRequest
+from conveyor.api.urls import path_to
 from conveyor.core.jobs import Submission, submit
 from conveyor.core.models import JobState
 from conveyor.diagnostics.tasks import TASK_NAME
@@ -30,8 +31,11 @@ router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"], route_cla
         "With an `Idempotency-Key` header, a retry answers with the first job again."
     ),
 )
-async def start_diagnostics(body: DiagnosticsRequest, caller: AdminDep) -> dict[str, Any]:
+async def start_diagnostics(
+    body: DiagnosticsRequest, caller: AdminDep, request: Request
+) -> dict[str, Any]:
     job = await run_in_threadpool(
         submit, Submission(task_name=TASK_NAME, kwargs=body.model_dump(), owner=caller.owner)
     )
-    return {"job_id": job.id, "status": JobState.QUEUED, "url": f"/api/v1/jobs/{job.id}"}
+    url = path_to(request, "conveyor.job", job_id=job.id)
+    return {"job_id": job.id, "status": JobState.QUEUED, "url": url}

@@ -14,7 +14,7 @@ from conveyor.api.schemas import Problem
 from conveyor.core.filenames import display_name
 from conveyor.core.settings import get_settings
 from conveyor.core.storage import get_storage
-from conveyor.workloads.email import service
+from conveyor.workloads.email.files import store_file
 from conveyor.workloads.email.models import StoredFile
 from conveyor.workloads.email.schemas import FileOut
 
@@ -54,7 +54,7 @@ async def upload_file(
             status.HTTP_422_UNPROCESSABLE_CONTENT, f"file: content type {content_type!r} is invalid"
         )
     stored = await run_in_threadpool(
-        service.store_file,
+        store_file,
         session,
         get_storage(settings),
         owner=caller.owner,

@@ -53,7 +53,13 @@ def list_jobs(
     return {"items": [ledger.job_to_dict(row) for row in rows], "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND, summary="Get a job")
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses=NOT_FOUND,
+    summary="Get a job",
+    name="conveyor.job",
+)
 def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     job = ledger.get_job(session, job_id, caller.scope)
     if job is None:

@@ -9,6 +9,7 @@ address on the client's side.
 from __future__ import annotations
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import Scope
 
 from conveyor.core.settings import Settings, get_settings
@@ -42,3 +43,10 @@ def rebase(url: str, scope: Scope, settings: Settings | None = None) -> str:
     if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :] or "/"  # public_base_url() puts the prefix back
     return public_base_url(scope, settings) + path
+
+
+def path_to(request: Request, route_name: str, **params: str) -> str:
+    """The path of one of Conveyor's routes as this app serves it: under whatever prefix the
+    router was included with, and the root path; relative, like every URL in answers."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return root + str(request.app.url_path_for(route_name, **params))

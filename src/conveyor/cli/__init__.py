@@ -9,6 +9,7 @@ import typer
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import OperationalError
 
 from conveyor import __version__
@@ -66,7 +67,8 @@ def main() -> None:
             get_settings()
         app()
     except SettingsError as exc:
-        err.print(f"[red]conveyor: {exc}[/red]", highlight=False, soft_wrap=True)
+        # Escaped: `pip install 'conveyor[email]'` is not markup.
+        err.print(f"[red]conveyor: {escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (KombuOperationalError, RedisError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

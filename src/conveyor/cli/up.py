@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from conveyor.cli.run import Concurrency, bootstrap_key, run_migrations
@@ -23,6 +24,7 @@ from conveyor.core.preflight import require_database, require_redis, require_tas
 from conveyor.core.redaction import safe_url
 from conveyor.core.runtime import AlreadyRunning, Runtime, UpLock
 from conveyor.core.settings import Settings, SettingsError, get_settings, section
+from conveyor.local.mail_sink import require_aiosmtpd
 from conveyor.local.ports import choose_port, listening
 from conveyor.local.supervisor import Supervisor
 from conveyor.workloads.email.settings import EmailSettings
@@ -59,9 +61,12 @@ def plan_ports(settings: Settings) -> Plan:
 
     plan = Plan(api_port=settings.api_port, sink_port=None, gateway_port=None)
     plan.api_port = pick("api_port", settings.api_host, settings.api_port)
-    if "smtp_host" not in pinned:
+    # The mail sink and the sandbox gateway serve their workloads only.
+    enabled = {workload.name for workload in workloads.enabled(settings)}
+    if "email" in enabled and "smtp_host" not in pinned:
+        require_aiosmtpd()
         plan.sink_port = pick("smtp_port", "127.0.0.1", email.smtp_port)
-    if payments.payments_gateway == "sandbox":
+    if "payments" in enabled and payments.payments_gateway == "sandbox":
         plan.gateway_port = pick(
             "sandbox_gateway_port", payments.sandbox_gateway_host, payments.sandbox_gateway_port
         )
@@ -94,7 +99,7 @@ def up(concurrency: Concurrency = None) -> None:
         get_settings.cache_clear()
         _run(get_settings(), lock, concurrency)
     except StartupFailed as exc:
-        console.print(f"[red]conveyor: {exc}[/red]", highlight=False, soft_wrap=True)
+        console.print(f"[red]conveyor: {escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         lock.release()
@@ -302,6 +307,7 @@ def _runtime(settings: Settings, plan: Plan) -> Runtime:
 
 def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -> None:
     base = runtime.api_url
+    enabled = [workload.name for workload in workloads.enabled(settings)]
     mail = (
         f"{runtime.smtp} (mail sink; GET /api/v1/dev/mailbox)"
         if plan.sink_port
@@ -318,9 +324,14 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
         f"Ready     {base}/health/ready",
         f"Metrics   {base}/metrics",
         f"Redis     {redis_note}",
-        f"Mail      {mail}",
-        f"Payments  {payments}",
+        *([f"Mail      {mail}"] if "email" in enabled else []),
+        *([f"Payments  {payments}"] if "payments" in enabled else []),
         f"Database  {safe_url(settings.database)}",
+        f"Workloads {', '.join(enabled) or 'none'}",
+        *(
+            f"Off       {name}: {escape(why)}"
+            for name, why in workloads.not_enabled(settings).items()
+        ),
         f"Queues    {', '.join(workloads.queues(settings))}",
         *(f"Note      {note}" for note in plan.notes),
         "",

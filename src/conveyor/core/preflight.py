@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from conveyor.core import db, workloads
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, SettingsError, get_settings, section
+from conveyor.core.storage import require_s3
 
 
 def _first_line(exc: BaseException) -> str:
@@ -57,6 +58,9 @@ def require_task_modules(settings: Settings | None = None) -> None:
     will import it; a typo or a broken module otherwise surfaces as pages of Celery
     tracebacks whose first line blames `conveyor.worker`."""
     settings = settings or get_settings()
+    if settings.storage_backend == "s3":
+        # The backend's extra is missing: say so at start-up, not at the first upload.
+        require_s3()
     # CONVEYOR_WORKLOADS naming one that is not installed, or whose extra is missing.
     enabled = {workload.name for workload in workloads.enabled(settings)}
     # A bad workload setting stops the start, as a bad core one does, not its first job.
@@ -97,6 +101,10 @@ def _require_declared_queues(settings: Settings) -> None:
     it and its jobs wait for ever: say so when the worker starts, not at the first send."""
     from conveyor.core.celery_app import get_celery
 
+    try:
+        _ = settings.broker  # reading the tasks' options configures the app
+    except SettingsError:
+        return  # nothing to send to yet: the caller reports that on its own
     declared = workloads.queues(settings)
     for name, task in sorted(get_celery().tasks.items()):
         queue = getattr(task, "queue", None)

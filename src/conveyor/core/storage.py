@@ -11,10 +11,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 from pydantic import SecretStr
 
+from conveyor.core.extras import require
 from conveyor.core.private import private_dir
 from conveyor.core.settings import Settings, get_settings
 
@@ -124,7 +126,7 @@ class S3Storage:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
-        import boto3
+        boto3 = require_s3()
         from botocore.config import Config
 
         if not settings.s3_bucket:
@@ -203,6 +205,11 @@ class S3Storage:
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def require_s3() -> ModuleType:
+    """boto3, or one line naming the extra that installs it."""
+    return require("boto3", extra="s3", what="CONVEYOR_STORAGE_BACKEND=s3")
 
 
 def get_storage(settings: Settings | None = None) -> Storage:

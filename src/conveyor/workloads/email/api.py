@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.paging import Offset
 from conveyor.api.schemas import Problem
+from conveyor.api.urls import path_to
 from conveyor.core.ledger import iso
 from conveyor.core.settings import Settings, get_settings, section
 from conveyor.local.mail_sink import Mailbox
@@ -50,7 +51,7 @@ def _unprocessable(exc: InvalidInput) -> HTTPException:
         "the field, never a failed job. `send_at` in the future schedules it."
     ),
 )
-async def send_email(body: EmailRequest, caller: CallerDep) -> dict[str, Any]:
+async def send_email(body: EmailRequest, caller: CallerDep, request: Request) -> dict[str, Any]:
     settings = section(EmailSettings)
     try:
         created = await run_in_threadpool(
@@ -66,7 +67,7 @@ async def send_email(body: EmailRequest, caller: CallerDep) -> dict[str, Any]:
         "id": created.email.id,
         "job_id": created.job_id,
         "status": created.email.status,
-        "url": f"/api/v1/emails/{created.email.id}",
+        "url": path_to(request, "conveyor.email", email_id=created.email.id),
     }
 
 
@@ -82,7 +83,7 @@ async def send_email(body: EmailRequest, caller: CallerDep) -> dict[str, Any]:
         "carries List-Unsubscribe."
     ),
 )
-async def send_batch(body: BatchRequest, caller: CallerDep) -> dict[str, Any]:
+async def send_batch(body: BatchRequest, caller: CallerDep, request: Request) -> dict[str, Any]:
     settings = section(EmailSettings)
     try:
         batch = await run_in_threadpool(
@@ -101,12 +102,13 @@ async def send_batch(body: BatchRequest, caller: CallerDep) -> dict[str, Any]:
         "status": EmailStatus.QUEUED,
         "total": batch.total,
         "chunks": batch.chunks,
-        "url": f"/api/v1/emails/batch/{batch.id}",
+        "url": path_to(request, "conveyor.email_batch", batch_id=batch.id),
     }
 
 
 @router.get(
     "/api/v1/emails/batch/{batch_id}",
+    name="conveyor.email_batch",
     responses=NOT_FOUND,
     summary="A batch: progress, summary and (optionally) per-recipient status",
 )
@@ -130,7 +132,12 @@ def get_batch(
     return body
 
 
-@router.get("/api/v1/emails/{email_id}", responses=NOT_FOUND, summary="One email and its status")
+@router.get(
+    "/api/v1/emails/{email_id}",
+    responses=NOT_FOUND,
+    summary="One email and its status",
+    name="conveyor.email",
+)
 def get_email(email_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
     email = service.get_email(session, email_id, caller.scope)
     if email is None:

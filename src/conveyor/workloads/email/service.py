@@ -22,7 +22,6 @@ from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED, Submission, submit, submit_workflow
 from conveyor.core.models import utcnow
-from conveyor.core.storage import Storage
 from conveyor.workloads.email.addresses import (
     Address,
     check_header_value,
@@ -488,32 +487,3 @@ def dispatch_due(app: Celery, *, horizon: float, limit: int = 500) -> int:
             raise
         published += 1
     return published
-
-
-# --- files -----------------------------------------------------------------------------
-
-
-def store_file(
-    session: Session,
-    storage: Storage,
-    *,
-    owner: str,
-    filename: str,
-    content_type: str,
-    data: bytes,
-) -> StoredFile:
-    file_id = uuid.uuid4().hex
-    key = f"files/{file_id}"
-    storage.put(key, data, content_type)
-    stored = StoredFile(
-        id=file_id,
-        owner=owner,
-        filename=filename,
-        content_type=content_type,
-        size=len(data),
-        storage_key=key,
-        created_at=utcnow(),
-    )
-    session.add(stored)
-    session.flush()
-    return stored

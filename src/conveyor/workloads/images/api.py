@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from conveyor.api.deps import CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.schemas import Problem
-from conveyor.api.urls import public_base_url
+from conveyor.api.urls import path_to, public_base_url
 from conveyor.core import ledger
 from conveyor.core.filenames import display_name
 from conveyor.core.models import Job
@@ -100,6 +100,7 @@ def _not_found(what: str = "image") -> HTTPException:
     ),
 )
 def upload_image(
+    request: Request,
     caller: CallerDep,
     session: SessionDep,
     file: Annotated[UploadFile | None, File(description="The image.")] = None,
@@ -128,7 +129,7 @@ def upload_image(
         image = service.create_image_from_url(
             session, owner=caller.owner, preset_name=preset_name, preset=chosen, url=url
         )
-        return _start(session, image, [variant.name for variant in image.variants])
+        return _start(request, session, image, [variant.name for variant in image.variants])
     assert file is not None
     vips.configure(images.image_vips_concurrency, tune_malloc=images.image_tune_malloc)
     limits = service.limits(images)
@@ -148,11 +149,16 @@ def upload_image(
         data=data,
         filename=filename,
     )
-    return _start(session, image, [variant.name for variant in image.variants])
+    return _start(request, session, image, [variant.name for variant in image.variants])
 
 
 def _start(
-    session: SessionDep, image: Image, names: list[str], *, replay_of: str | None = None
+    request: Request,
+    session: SessionDep,
+    image: Image,
+    names: list[str],
+    *,
+    replay_of: str | None = None,
 ) -> dict[str, Any]:
     run = service.record_run(session, image, names, replay_of=replay_of)
     session.commit()
@@ -166,11 +172,17 @@ def _start(
         "id": image.id,
         "job_id": run.job_id,
         "status": image.status,
-        "url": f"/api/v1/images/{image.id}",
+        "url": path_to(request, "conveyor.image", image_id=image.id),
     }
 
 
-@router.get("/{image_id}", response_model=ImageOut, responses=NOT_FOUND, summary="Get an image")
+@router.get(
+    "/{image_id}",
+    response_model=ImageOut,
+    responses=NOT_FOUND,
+    summary="Get an image",
+    name="conveyor.image",
+)
 def get_image(
     image_id: str, request: Request, caller: CallerDep, session: SessionDep
 ) -> dict[str, Any]:
@@ -325,7 +337,7 @@ def get_variant_file(
 
 
 def _retry(
-    session: SessionDep, caller: CallerDep, image_id: str, name: str | None
+    request: Request, session: SessionDep, caller: CallerDep, image_id: str, name: str | None
 ) -> dict[str, Any]:
     image = service.get_image(session, image_id, caller.scope)
     if image is None:
@@ -337,7 +349,7 @@ def _retry(
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except service.ImageConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    return _start(session, image, names, replay_of=previous)
+    return _start(request, session, image, names, replay_of=previous)
 
 
 RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -354,9 +366,9 @@ RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Make a failed variant again",
 )
 def retry_variant(
-    image_id: str, name: str, caller: CallerDep, session: SessionDep
+    image_id: str, name: str, request: Request, caller: CallerDep, session: SessionDep
 ) -> dict[str, Any]:
-    return _retry(session, caller, image_id, name)
+    return _retry(request, session, caller, image_id, name)
 
 
 @router.post(
@@ -366,8 +378,10 @@ def retry_variant(
     responses=RETRY_RESPONSES,
     summary="Make every failed variant again",
 )
-def retry_failed(image_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
-    return _retry(session, caller, image_id, None)
+def retry_failed(
+    image_id: str, request: Request, caller: CallerDep, session: SessionDep
+) -> dict[str, Any]:
+    return _retry(request, session, caller, image_id, None)
 
 
 def body_limits(settings: Settings) -> dict[str, int]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import threading
 
+from conveyor.core.extras import require
 from conveyor.core.settings import section
 from conveyor.workloads.payments.gateway import PaymentGateway
 from conveyor.workloads.payments.sandbox.client import SandboxGateway
 from conveyor.workloads.payments.settings import PaymentsSettings
-from conveyor.workloads.payments.stripe_gateway import StripeGateway
 
 _lock = threading.Lock()
 _gateways: dict[tuple[int, str], PaymentGateway] = {}
@@ -26,6 +26,10 @@ def build_gateway(settings: PaymentsSettings) -> PaymentGateway:
             raise GatewayNotConfigured(
                 "CONVEYOR_PAYMENTS_GATEWAY=stripe needs CONVEYOR_STRIPE_API_KEY"
             )
+        # The stripe package is an extra: imported only when it is the gateway.
+        require("stripe", extra="stripe", what="CONVEYOR_PAYMENTS_GATEWAY=stripe")
+        from conveyor.workloads.payments.stripe_gateway import StripeGateway
+
         return StripeGateway(
             settings.stripe_api_key.get_secret_value(),
             timeout=timeout,

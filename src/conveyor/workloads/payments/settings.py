@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
+from conveyor.core.extras import MissingExtra, missing
 from conveyor.core.settings import Settings, SettingsSection
 
 # The name `conveyor up` records the sandbox gateway it started under (Runtime.urls).
@@ -90,6 +91,14 @@ class PaymentsSettings(SettingsSection):
     sandbox_webhook_url: str | None = Field(
         default=None, description="Where the sandbox posts its signed events; unset: it posts none."
     )
+
+    @model_validator(mode="after")
+    def _gateway_installed(self) -> Self:
+        # Refused when the settings are read at start-up, not at the first charge.
+        absent = missing(("stripe",)) if self.payments_gateway == "stripe" else None
+        if absent is not None:
+            raise MissingExtra("stripe", "CONVEYOR_PAYMENTS_GATEWAY=stripe", absent)
+        return self
 
     def resolve(self, settings: Settings) -> Self:
         # A worker started apart from `conveyor up` still finds the sandbox gateway it runs.
