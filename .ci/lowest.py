@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,7 @@ def install() -> None:
     if stamp.exists():
         say(f"{VENV.name} is up to date with pyproject.toml")
         return
+    started = time.monotonic()
     shutil.rmtree(VENV, ignore_errors=True)
     # The main venv's interpreter, so both jobs test one Python version.
     run([uv(), "venv", "--quiet", "--python", sys.executable, str(VENV)], INSTALL_TIMEOUT)
@@ -67,6 +69,7 @@ def install() -> None:
         INSTALL_TIMEOUT,
     )  # fmt: skip
     stamp.touch()
+    say(f"installed in {time.monotonic() - started:.0f}s")
 
 
 def installed_versions() -> None:
@@ -99,18 +102,21 @@ def wait_for(
         time.sleep(0.3)
 
 
-def smoke() -> None:
+@contextmanager
+def started_up() -> Iterator[tuple[subprocess.Popen[bytes], Path, str] | None]:
+    """`conveyor up` on the test Redis, started now so that it boots while the unit tests run;
+    stopped (and the Redis database emptied) on the way out."""
     host = os.environ.get("CONVEYOR_TEST_REDIS_HOST", "127.0.0.1")
     port = os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379")
     redis_url = f"redis://{host}:{port}/{os.environ.get('CONVEYOR_TEST_REDIS_DB', '13')}"
     try:
         redis.Redis.from_url(redis_url, socket_timeout=2).ping()
     except redis.RedisError:
-        say(f"skipped the conveyor up smoke test: no Redis at {redis_url}")
+        say(f"skipping the conveyor up smoke test: no Redis at {redis_url}")
+        yield None
         return
     redis.Redis.from_url(redis_url).flushdb()
     api_port = free_port()
-    base = f"http://127.0.0.1:{api_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     with tempfile.TemporaryDirectory(prefix="conveyor-lowest-") as tmp:
@@ -125,7 +131,7 @@ def smoke() -> None:
             }
         )
         log_path = Path(tmp) / "up.log"
-        say(f"conveyor up (Redis {redis_url}, SQLite in {tmp}), log in {log_path}")
+        say(f"starting conveyor up (Redis {redis_url}, SQLite in {tmp}), log in {log_path}")
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [str(VENV / "bin" / "conveyor"), "up"],
@@ -134,19 +140,19 @@ def smoke() -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            code: int | None = None
             try:
-                code = _exercise(process, log_path, base)
+                yield process, log_path, f"http://127.0.0.1:{api_port}"
+            except SystemExit:
+                print(log_path.read_text(errors="replace")[-4000:], flush=True)
+                raise
             finally:
-                if code is None:
+                if process.poll() is None:
                     process.kill()
                     process.wait()
-                    print(log_path.read_text(errors="replace")[-4000:], flush=True)
                 redis.Redis.from_url(redis_url).flushdb()
-    say("conveyor up: banner, /health/ready 200, diagnostics job succeeded, Ctrl-C exit 0")
 
 
-def _exercise(process: subprocess.Popen[bytes], log_path: Path, base: str) -> int:
+def smoke(process: subprocess.Popen[bytes], log_path: Path, base: str) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
 
     def banner() -> bool:
@@ -181,18 +187,29 @@ def _exercise(process: subprocess.Popen[bytes], log_path: Path, base: str) -> in
     code = process.wait(60)
     if code != 0:
         raise SystemExit(f"lowest: conveyor up exited {code} after Ctrl-C")
-    return code
+    say("conveyor up: banner, /health/ready 200, diagnostics job succeeded, Ctrl-C exit 0")
 
 
 def main(pytest_args: list[str]) -> None:
     started = time.monotonic()
     install()
     installed_versions()
-    run(
-        [str(PYTHON), "-m", "pytest", "tests/unit", "-q", "-p", "no:cacheprovider", *pytest_args],
-        UNIT_TIMEOUT,
-    )
-    smoke()
+    with started_up() as up:
+        run(
+            [
+                str(PYTHON),
+                "-m",
+                "pytest",
+                "tests/unit",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                *pytest_args,
+            ],
+            UNIT_TIMEOUT,
+        )
+        if up is not None:
+            smoke(*up)
     say(f"passed in {time.monotonic() - started:.0f}s")
 
 
