@@ -51,6 +51,8 @@ TEST_ENV = {
     "CONVEYOR_API_AUTH_FAILURES_PER_MINUTE": "0",
     # Tasks that exist only for the tests (tests/integration/tasks.py).
     "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
+    # A queue of the tests' own, for jobs that must run on a worker of their own.
+    "CONVEYOR_QUEUES": "reports",
 }
 
 # For a worker started after a kill: Redis hands the dead worker's message back after

@@ -246,3 +246,29 @@ def test_replay_with_idempotency_key_runs_once(stack: Stack, admin: httpx.Client
     assert second.headers["idempotent-replayed"] == "true"
     replays = admin.get("/api/v1/jobs", params={"limit": 200}).json()["items"]
     assert [job["replay_of"] for job in replays].count(job_id) == 1
+
+
+def test_a_task_no_worker_has_is_a_dead_letter_naming_the_fix(
+    stack: Stack, admin: httpx.Client
+) -> None:
+    # Celery drops such a message; without this the job would stay queued for ever.
+    job_id = submit(Submission(task_name="tests.no_such_task", args=[1], owner="ops")).id
+    job = stack.wait_job(job_id, {"dead", "succeeded"})
+    assert job["state"] == "dead"
+    assert "CONVEYOR_TASK_MODULES" in job["error"]["message"]
+    letter = dead_letter_of(stack, admin, job_id)
+    assert letter["reason"] == "unregistered"
+    assert letter["args"] == [1]
+
+
+def test_delay_from_another_thread_reaches_conveyors_broker(stack: Stack) -> None:
+    import threading
+
+    from tests.integration.tasks import in_parts
+
+    ids: list[str] = []
+    # FastAPI runs sync routes in a thread pool, where Celery's "current app" is per thread.
+    thread = threading.Thread(target=lambda: ids.append(in_parts.delay(left=0).id))
+    thread.start()
+    thread.join(10)
+    assert stack.wait_job(ids[0], {"succeeded", "dead"})["state"] == "succeeded"

@@ -141,6 +141,7 @@ def start_worker_process(stack: Stack, queues: str, concurrency: int = 2) -> Pro
     return worker
 
 
+@pytest.mark.one_database  # the lock lives in Redis
 def test_a_killed_holder_frees_the_key_when_its_lock_expires(
     stack: Stack, admin: httpx.Client
 ) -> None:

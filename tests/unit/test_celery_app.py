@@ -215,6 +215,7 @@ def test_an_undeclared_queue_is_an_error_naming_the_setting(declared: Any) -> No
         ("bill ing", "'bill ing' is not a queue name"),
         ("billing,billing", "queue 'billing' is declared twice"),
         ("=myapp.*", "'' is not a queue name"),
+        ("shipping=shop.tasks.*;billing", "'shop.tasks.*;billing' is not a task-name pattern"),
     ],
 )
 def test_a_malformed_queue_declaration_names_the_setting(
@@ -263,3 +264,27 @@ def test_submitting_to_an_undeclared_queue_fails_before_anything_is_recorded(
         submit(Submission("myapp.bill", queue="billing"))
     # Refused before the ledger was opened: no database file was even created.
     assert not database.exists()
+
+
+def test_an_explicit_undeclared_queue_is_conveyors_error_not_celerys(declared: Any) -> None:
+    from conveyor.core.celery_app import get_celery
+    from conveyor.core.workloads import UnknownQueue
+
+    declared(redis_url="redis://127.0.0.1:1/0")
+    # Celery resolves an explicit queue before any router: the app checks it first.
+    with pytest.raises(UnknownQueue, match=r"queue 'shiping'.*CONVEYOR_QUEUES"):
+        get_celery().send_task("myapp.ship", queue="shiping")
+
+
+def test_every_thread_sends_through_conveyors_app() -> None:
+    import threading
+
+    from celery import current_app
+
+    from conveyor.core.celery_app import get_celery
+
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(current_app._get_current_object()))
+    thread.start()
+    thread.join(5)
+    assert seen == [get_celery()]

@@ -38,6 +38,13 @@ class Caller:
     is_admin: bool = False
     # What rate limits and stream caps are counted by; an app's user is counted by owner.
     key_id: str = ""
+    # API keys belong to developers and services; an app's signed-in users may be anyone.
+    via_api_key: bool = False
+
+    @property
+    def sees_tracebacks(self) -> bool:
+        """A traceback shows server paths and code: for admins and API keys, not app users."""
+        return self.is_admin or self.via_api_key
 
     def __post_init__(self) -> None:
         if not self.key_id:
@@ -82,7 +89,9 @@ def get_caller(
         record.last_used_at = now
     # End the transaction now: a long request (an event stream) must not hold a connection.
     session.commit()
-    caller = Caller(key_id=record.id, owner=record.owner, is_admin=record.is_admin)
+    caller = Caller(
+        key_id=record.id, owner=record.owner, is_admin=record.is_admin, via_api_key=True
+    )
     request.state.caller = caller
     return caller
 
@@ -92,7 +101,7 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 
 def require_admin(caller: CallerDep) -> Caller:
     if not caller.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is for admins only")
     return caller
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 
 from conveyor.api import job_stream
-from conveyor.api.deps import CallerDep, SessionDep
+from conveyor.api.deps import Caller, CallerDep, SessionDep
 from conveyor.api.event_hub import EventHub
 from conveyor.api.schemas import JobOut, JobPage, Problem
 from conveyor.core import jobs, ledger
@@ -50,7 +50,7 @@ def list_jobs(
         )
     except ledger.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
-    return {"items": [ledger.job_to_dict(row) for row in rows], "next_cursor": next_cursor}
+    return {"items": [_out(row, caller) for row in rows], "next_cursor": next_cursor}
 
 
 @router.get(
@@ -64,7 +64,14 @@ def get_job(job_id: str, caller: CallerDep, session: SessionDep) -> dict[str, An
     job = ledger.get_job(session, job_id, caller.scope)
     if job is None:
         raise _not_found()
-    return ledger.job_to_dict(job)
+    return _out(job, caller)
+
+
+def _out(job: Any, caller: Caller) -> dict[str, Any]:
+    shown = ledger.job_to_dict(job)
+    if shown["error"] and not caller.sees_tracebacks:
+        shown["error"] = {**shown["error"], "traceback": None}
+    return shown
 
 
 @router.delete(
@@ -86,7 +93,7 @@ def cancel_job(job_id: str, caller: CallerDep, session: SessionDep) -> dict[str,
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"job already finished with state '{job.state}'"
         )
-    return ledger.job_to_dict(job)
+    return _out(job, caller)
 
 
 @router.get(

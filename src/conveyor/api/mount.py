@@ -40,6 +40,8 @@ class Conveyor:
         if settings is not None:
             use_settings(settings)
         self.settings = settings or get_settings()
+        # Unconfigured, fail here in one line rather than answer 500 to every request.
+        _ = self.settings.broker
         # Requests never wait on a broker that does not answer: 503 within seconds.
         use_request_timeouts()
         fail_fast_during_outages()

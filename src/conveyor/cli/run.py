@@ -11,7 +11,7 @@ from conveyor.cli import database
 from conveyor.core import api_keys, workloads
 from conveyor.core.db import session_scope
 from conveyor.core.preflight import require_database, require_redis, require_task_modules
-from conveyor.core.settings import get_settings
+from conveyor.core.settings import SettingsError, get_settings
 
 console = Console(stderr=True)
 # `conveyor worker -c` and `conveyor up -c`.
@@ -88,8 +88,15 @@ def worker(
     require_task_modules()
     from conveyor.worker import app
 
-    queues = queues or ",".join(workloads.queues(get_settings()))
-    argv = ["worker", "-Q", queues, "--loglevel", loglevel]
+    declared = workloads.queues(get_settings())
+    chosen = [name.strip() for name in (queues or ",".join(declared)).split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in declared]
+    if unknown:
+        raise SettingsError(
+            f"--queues: {', '.join(unknown)} not declared (declared: {', '.join(declared)}); "
+            "declare your own in CONVEYOR_QUEUES"
+        )
+    argv = ["worker", "-Q", ",".join(chosen), "--loglevel", loglevel]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     app.worker_main(argv)

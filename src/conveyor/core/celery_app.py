@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from datetime import timedelta
 from typing import Any
@@ -148,6 +150,14 @@ class SettingsConfiguredCelery(Celery):
     # Set in API processes (use_request_timeouts): requests get short broker timeouts.
     answers_requests = False
 
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any:
+        # An explicit queue (or a task's own) is resolved by Celery before any router runs:
+        # check it here, so an undeclared one is Conveyor's one-line error naming the setting.
+        queue = options.get("queue")
+        if queue:
+            workloads.require_queue(getattr(queue, "name", queue), name, get_settings())
+        return super().send_task(name, *args, **options)
+
     def finalize(self, auto: bool = False) -> None:
         try:
             super().finalize(auto=auto)
@@ -172,6 +182,9 @@ def _create_current_app() -> SettingsConfiguredCelery:
     # this one) is enough for `.delay()` to reach Conveyor's broker, not Celery's default app,
     # and settings are read only once something is sent.
     app = SettingsConfiguredCelery("conveyor", set_as_current=True)
+    # "Current" is per thread; other threads (a FastAPI sync route runs in a pool) fall back
+    # to the default app, which would otherwise be Celery's own, pointed at amqp://localhost.
+    app.set_default()
     from conveyor.core import signals
 
     signals.install()
@@ -187,9 +200,23 @@ def get_celery() -> Celery:
     if not _modules_imported:
         with _lock:
             if not _modules_imported:
-                _app.loader.import_default_modules()
+                _import_task_modules()
                 _modules_imported = True
     return _app
+
+
+def _import_task_modules() -> None:
+    # Task modules import from the working directory, as they do for `celery -A` workers.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        _app.loader.import_default_modules()
+    except ImportError as exc:
+        raise SettingsError(
+            f"CONVEYOR_TASK_MODULES: importing the task modules from {cwd} failed: {exc}; run "
+            "from the folder that holds them, or add that folder to PYTHONPATH"
+        ) from None
 
 
 def use_request_timeouts() -> None:

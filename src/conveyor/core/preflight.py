@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import traceback
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import redis
@@ -14,6 +16,8 @@ from conveyor.core import db, workloads
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, SettingsError, get_settings, section
 from conveyor.core.storage import require_s3
+
+log = logging.getLogger(__name__)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -106,13 +110,24 @@ def _require_declared_queues(settings: Settings) -> None:
     except SettingsError:
         return  # nothing to send to yet: the caller reports that on its own
     declared = workloads.queues(settings)
-    for name, task in sorted(get_celery().tasks.items()):
+    tasks = get_celery().tasks
+    for name, task in sorted(tasks.items()):
         queue = getattr(task, "queue", None)
         if queue and queue not in declared:
             raise SettingsError(
                 f"task {name} declares queue {queue!r}, which is not declared: add it to "
                 f"CONVEYOR_QUEUES (declared: {', '.join(declared)})"
             )
+    # A pattern with a typo routes nothing, and its tasks quietly go to `default`.
+    for queue, patterns in settings.declared_queues.items():
+        for pattern in patterns:
+            if not any(fnmatchcase(name, pattern) for name in tasks):
+                log.warning(
+                    "CONVEYOR_QUEUES: the pattern %r of queue %r matches no task this worker "
+                    "loaded; check its spelling",
+                    pattern,
+                    queue,
+                )
 
 
 def _where(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ class SettingsError(Exception):
 
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+TASK_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,200}$")
 
 
 def parse_queues(value: str) -> dict[str, tuple[str, ...]]:
@@ -49,7 +50,14 @@ def parse_queues(value: str) -> dict[str, tuple[str, ...]]:
             )
         if name in queues:
             raise ValueError(f"queue {name!r} is declared twice")
-        queues[name] = tuple(p.strip() for p in patterns.split("|") if p.strip())
+        routed = tuple(p.strip() for p in patterns.split("|") if p.strip())
+        for pattern in routed:
+            if not TASK_PATTERN.match(pattern):
+                raise ValueError(
+                    f"{pattern!r} is not a task-name pattern (letters, digits, '_', '.', '-' "
+                    "and the wildcards * ? [ ]): separate queues with ',' and patterns with '|'"
+                )
+        queues[name] = routed
     return queues
 
 

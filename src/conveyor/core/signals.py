@@ -52,6 +52,46 @@ def _record_published(
         )
 
 
+class UnregisteredTask(Exception):
+    """A message named a task that no module loaded by the worker defines."""
+
+
+def _dead_letter_unregistered(name: str | None = None, id: str | None = None, **_: Any) -> None:
+    """Celery drops a message for a task it does not know, which would leave its job queued
+    for ever: make it a dead letter that says what to fix, to replay once it is fixed."""
+    from conveyor.core import dead_letters
+    from conveyor.core.events import publish_job
+
+    if not id:
+        return
+    exc = UnregisteredTask(
+        f"no task named {name!r} in this worker: add the module that defines it to "
+        "CONVEYOR_TASK_MODULES (or correct the name), restart the workers, then replay"
+    )
+    with db.session_scope() as session:
+        job = ledger.mark_failed(session, id, exc, None)
+        if job is None:
+            return  # not a job the ledger tracks, or already finished
+        dead_letters.record(
+            session,
+            dead_letters.Failure(
+                job_id=id,
+                task_name=str(name),
+                queue=job.queue,
+                owner=job.owner,
+                args=list(job.args or []),
+                kwargs=dict(job.kwargs or {}),
+                exc=exc,
+                traceback=None,
+                reason="unregistered",
+                attempts=job.attempts,
+            ),
+        )
+        snapshot = ledger.job_to_dict(job)
+    publish_job(snapshot)
+    log.error("job %s is now a dead letter: %s", id, exc)
+
+
 def _take_over_logging(**_: Any) -> None:
     # Connecting to setup_logging stops Celery from installing its own handlers.
     from conveyor.core.logging import configure_logging
@@ -75,4 +115,5 @@ def install() -> None:
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.setup_logging.connect(_take_over_logging, weak=False)
+    signals.task_unknown.connect(_dead_letter_unregistered, weak=False)
     _installed = True
