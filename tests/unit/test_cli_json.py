@@ -196,3 +196,17 @@ def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     changed = {row["variable"] for row in run_json("settings", "--changed")}
     assert {"CONVEYOR_API_PORT", "CONVEYOR_STRIPE_API_KEY"} <= changed
     assert "CONVEYOR_API_HOST" not in changed
+
+
+def test_a_worker_for_an_undeclared_queue_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.core.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CONVEYOR_QUEUES", "shipping")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["worker", "-Q", "shiping,default"])
+    assert isinstance(result.exception, SettingsError)
+    assert str(result.exception) == (
+        "--queues: shiping not declared (declared: shipping, email, images, payments, "
+        "webhooks, default); declare your own in CONVEYOR_QUEUES"
+    )

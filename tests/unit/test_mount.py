@@ -143,3 +143,18 @@ def test_settings_given_in_code_become_the_processes_settings(tmp_path: Path) ->
 def test_urls_in_answers_follow_the_prefix_the_router_is_mounted_at(ledger_db: None) -> None:
     app = app_with(Conveyor(owner=signed_in))
     assert app.url_path_for("conveyor.job", job_id="job-ada") == "/jobs/api/v1/jobs/job-ada"
+
+
+def test_an_apps_users_see_their_jobs_error_but_never_its_traceback(ledger_db: None) -> None:
+    with db.session_scope() as session:
+        ledger.mark_failed(session, "job-ada", ValueError("bad order"), "Traceback: /srv/app.py")
+        key = api_keys.create_key(session, "ada", owner="user:ada").plaintext
+    with TestClient(app_with(Conveyor(owner=signed_in))) as client:
+        error = client.get("/jobs/api/v1/jobs/job-ada", headers={"X-Token": "t-ada"}).json()
+        assert error["error"] == {"type": "ValueError", "message": "bad order", "traceback": None}
+        root = client.get("/jobs/api/v1/jobs/job-ada", headers={"X-Token": "t-root"}).json()
+        assert root["error"]["traceback"] == "Traceback: /srv/app.py"
+    with TestClient(app_with(Conveyor())) as client:
+        # An API key belongs to a developer or a service: it sees the traceback.
+        shown = client.get("/jobs/api/v1/jobs/job-ada", headers={"Authorization": f"Bearer {key}"})
+        assert shown.json()["error"]["traceback"] == "Traceback: /srv/app.py"

@@ -83,11 +83,6 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker (same as `celery -A conveyor.worker worker`)."""
-    require_redis()
-    require_database()
-    require_task_modules()
-    from conveyor.worker import app
-
     declared = workloads.queues(get_settings())
     chosen = [name.strip() for name in (queues or ",".join(declared)).split(",") if name.strip()]
     unknown = [name for name in chosen if name not in declared]
@@ -96,6 +91,11 @@ def worker(
             f"--queues: {', '.join(unknown)} not declared (declared: {', '.join(declared)}); "
             "declare your own in CONVEYOR_QUEUES"
         )
+    require_redis()
+    require_database()
+    require_task_modules()
+    from conveyor.worker import app
+
     argv = ["worker", "-Q", ",".join(chosen), "--loglevel", loglevel]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
