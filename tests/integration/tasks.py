@@ -235,3 +235,27 @@ def fail_once(self: SteadyRetry) -> int:
     if attempt == 1:
         raise _StatesTransient("first attempt fails")
     return attempt
+
+
+# --- schedules ---
+import time as _schedules_time  # noqa: E402
+
+from celery import shared_task as _schedules_shared_task  # noqa: E402
+
+from conveyor.core.redis_client import get_redis as _schedules_redis  # noqa: E402
+from conveyor.core.task import ConveyorTask as _SchedulesBase  # noqa: E402
+
+
+@_schedules_shared_task(bind=True, base=_SchedulesBase, name="tests.schedules.tick")
+def schedule_tick(self: _SchedulesBase, group: str) -> None:
+    """Counts its runs per job id, so a test can tell one run per slot from two."""
+    _schedules_redis().hincrby(f"test:schedules:runs:{group}", str(self.request.id), 1)
+
+
+@_schedules_shared_task(bind=True, base=_SchedulesBase, name="tests.schedules.slow")
+def schedule_slow(self: _SchedulesBase, group: str, seconds: float) -> None:
+    """A run that outlasts its schedule's interval; records when it ran."""
+    started = _schedules_time.time()
+    _schedules_time.sleep(seconds)
+    interval = f"{started} {_schedules_time.time()}"
+    _schedules_redis().rpush(f"test:schedules:intervals:{group}", interval)

@@ -131,5 +131,11 @@ def test_cleanup_command_prunes_in_batches(stack: Stack) -> None:
 
 def test_beat_cleanup_task_runs_on_the_worker(stack: Stack) -> None:
     removed = get_celery().send_task("conveyor.maintenance.cleanup").get(timeout=30)
-    assert set(removed) == {"jobs", "dead_letters", "idempotency_keys", "webhook_deliveries"}
+    assert set(removed) == {
+        "jobs",
+        "dead_letters",
+        "idempotency_keys",
+        "webhook_deliveries",
+        "schedule_runs",
+    }
     assert "cleanup" in get_celery().conf.beat_schedule

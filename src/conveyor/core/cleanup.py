@@ -90,6 +90,14 @@ def prune_webhook_deliveries(session: Session, days: float, batch_size: int) -> 
     return delete_in_batches(session, WebhookDelivery.id, finished, batch_size=batch_size)
 
 
+def prune_schedule_runs(session: Session, days: float, batch_size: int) -> int:
+    """Schedule runs kept as long as finished jobs (an every-second schedule adds 86,400 a day)."""
+    from conveyor.core.schedules.models import ScheduleRun
+
+    condition = ScheduleRun.created_at < _before(days)
+    return delete_in_batches(session, ScheduleRun.id, condition, batch_size=batch_size)
+
+
 def run_cleanup(session: Session, retention: Retention | None = None) -> dict[str, int]:
     retention = retention or Retention.from_settings()
     size = retention.batch_size
@@ -100,4 +108,5 @@ def run_cleanup(session: Session, retention: Retention | None = None) -> dict[st
         "webhook_deliveries": prune_webhook_deliveries(
             session, retention.webhook_deliveries_days, size
         ),
+        "schedule_runs": prune_schedule_runs(session, retention.jobs_days, size),
     }

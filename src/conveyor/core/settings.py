@@ -214,6 +214,15 @@ class Settings(BaseSettings):
             "is not lost, only slow)."
         ),
     )
+    scheduler_tick_seconds: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=60,
+        description=(
+            "How often `conveyor scheduler` looks for due schedules (schedules as data); "
+            "a slot is claimed at most this long after it comes."
+        ),
+    )
 
     retry_max_attempts: int = Field(
         default=5, ge=0, description="Retries after the first try; tasks may override."
@@ -244,7 +253,10 @@ class Settings(BaseSettings):
     job_retention_days: int = Field(
         default=14,
         ge=1,
-        description="Cleanup deletes succeeded, failed and cancelled jobs older than this (days).",
+        description=(
+            "Cleanup deletes succeeded, failed and cancelled jobs older than this (days), "
+            "and schedule runs as old."
+        ),
     )
     webhook_delivery_retention_days: int = Field(
         default=14,

@@ -54,6 +54,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "reconcile_interval_seconds",
         "reconcile_grace_seconds",
         "reconcile_scan_limit",
+        "scheduler_tick_seconds",
         "task_events",
     ),
     "Retries": ("retry_max_attempts", "retry_backoff_base", "retry_backoff_max"),

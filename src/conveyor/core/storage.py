@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +43,10 @@ def check_key(key: str) -> str:
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    def put_file(self, key: str, source: Path, content_type: str) -> None:
+        """Store a file from disk without holding it in memory (large reports)."""
+        ...
+
     def get(self, key: str) -> bytes: ...
 
     def exists(self, key: str) -> bool: ...
@@ -74,6 +79,18 @@ class LocalStorage:
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, key: str, source: Path, content_type: str) -> None:
+        target = self.path(key)
+        private_dir(target.parent)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+        try:
+            with os.fdopen(fd, "wb") as handle, source.open("rb") as reader:
+                shutil.copyfileobj(reader, handle, 1_048_576)
             os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
@@ -156,6 +173,12 @@ class S3Storage:
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.client.put_object(
             Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
+        )
+
+    def put_file(self, key: str, source: Path, content_type: str) -> None:
+        # upload_file streams in parts; the object appears whole when the upload completes.
+        self.client.upload_file(
+            str(source), self.bucket, self.object_key(key), ExtraArgs={"ContentType": content_type}
         )
 
     def get(self, key: str) -> bytes:
