@@ -109,17 +109,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": timedelta(hours=1),
             },
             # The ledger heals what the broker lost (core/reconcile.py); one run at a time.
-            "reconcile": {
-                "task": "conveyor.maintenance.reconcile",
-                "schedule": timedelta(seconds=settings.reconcile_interval_seconds),
-                "options": {"expires": settings.reconcile_interval_seconds},
-            },
-            "webhooks-dispatch-due": {
-                "task": "conveyor.webhooks.dispatch_due",
-                "schedule": timedelta(seconds=settings.webhook_dispatch_interval_seconds),
-                # A tick still queued when the next one is due is redundant: let it expire.
-                "options": {"expires": settings.webhook_dispatch_interval_seconds},
-            },
+            "reconcile": workloads.periodic(
+                "conveyor.maintenance.reconcile", settings.reconcile_interval_seconds
+            ),
+            "webhooks-dispatch-due": workloads.periodic(
+                "conveyor.webhooks.dispatch_due", settings.webhook_dispatch_interval_seconds
+            ),
             # Each workload's own housekeeping.
             **workloads.beat_schedule(settings),
         },

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from fnmatch import fnmatchcase
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -165,6 +166,12 @@ def _load(reference: str) -> Any:
     module, _, attribute = reference.partition(":")
     loaded = importlib.import_module(module)
     return getattr(loaded, attribute) if attribute else loaded
+
+
+def periodic(task: str, seconds: float) -> dict[str, Any]:
+    """A Beat entry running `task` every `seconds`; a tick still queued when the next one is
+    due is redundant, so it expires."""
+    return {"task": task, "schedule": timedelta(seconds=seconds), "options": {"expires": seconds}}
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:

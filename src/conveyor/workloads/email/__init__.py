@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from conveyor.core.settings import Settings, section
-from conveyor.core.workloads import Workload
+from conveyor.core.workloads import Workload, periodic
 from conveyor.workloads.email.settings import EmailSettings
 
 
 def beat(settings: Settings) -> dict[str, Any]:
     interval = section(EmailSettings).email_dispatch_interval_seconds
     # Scheduled emails (send_at) too far ahead for a countdown are published when due.
-    return {
-        "email-dispatch-due": {
-            "task": "conveyor.workloads.email.dispatch_due",
-            "schedule": timedelta(seconds=interval),
-            "options": {"expires": interval},
-        }
-    }
+    return {"email-dispatch-due": periodic("conveyor.workloads.email.dispatch_due", interval)}
 
 
 workload = Workload(

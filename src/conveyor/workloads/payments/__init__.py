@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from conveyor.core.settings import Settings, section
-from conveyor.core.workloads import Workload
+from conveyor.core.workloads import Workload, periodic
 from conveyor.workloads.payments.settings import PaymentsSettings
 
 
 def beat(settings: Settings) -> dict[str, Any]:
     interval = section(PaymentsSettings).payments_reconcile_interval_seconds
     # Payments and refunds stuck between the gateway and the ledger are swept and settled.
-    return {
-        "payments-reconcile": {
-            "task": "conveyor.workloads.payments.reconcile",
-            "schedule": timedelta(seconds=interval),
-            "options": {"expires": interval},
-        }
-    }
+    return {"payments-reconcile": periodic("conveyor.workloads.payments.reconcile", interval)}
 
 
 workload = Workload(
