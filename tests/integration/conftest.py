@@ -66,6 +66,12 @@ QUICK_REDELIVERY = {
 pytestmark = pytest.mark.integration
 
 
+def stack_queues() -> list[str]:
+    """Every queue but `scraping`: crawls reach loopback sites, which needs settings of their
+    own (tests/integration/test_scraping.py starts the workers for it)."""
+    return [name for name in queues(get_settings()) if name != "scraping"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`@pytest.mark.one_database`: a slow test whose subject is not the database (a worker
     kill, an object store) runs on PostgreSQL only, to keep the suite short."""
@@ -198,7 +204,7 @@ class Stack:
             "worker",
             [
                 sys.executable, "-m", "celery", "-A", "conveyor.worker", "worker",
-                "-Q", ",".join(queues(get_settings())), "-c", "2", "-n", node,
+                "-Q", ",".join(stack_queues()), "-c", "2", "-n", node,
                 "--without-gossip", "--without-mingle", "--loglevel", "INFO",
             ],
             self.env,

@@ -40,6 +40,9 @@ def configure_logging(*, json_lines: bool | None = None, level: str | None = Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or settings.log_level)
+    # httpx logs every request at INFO: a crawl makes hundreds a second, and the callers
+    # (webhooks, crawls) record what came of each request themselves.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -237,7 +237,7 @@ class GuardedBackend(httpcore.SyncBackend):
 
 
 # httpcore's errors as httpx's, most specific first, so callers catch the usual classes.
-_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ReadTimeout, httpx.ReadTimeout),
     (httpcore.WriteTimeout, httpx.WriteTimeout),
@@ -255,11 +255,11 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
 
 
 @contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
+def as_httpx_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        for source, target in _ERRORS:
+        for source, target in HTTPCORE_ERRORS:
             if isinstance(exc, source):
                 raise target(str(exc)) from exc
         raise
@@ -270,7 +270,7 @@ class _ResponseStream(httpx.SyncByteStream):
         self._stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        with _as_httpx_errors():
+        with as_httpx_errors():
             yield from self._stream
 
     def close(self) -> None:
@@ -280,7 +280,7 @@ class _ResponseStream(httpx.SyncByteStream):
 
 
 @functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
+def default_ssl_context() -> ssl.SSLContext:
     # Loading the CA bundle takes milliseconds; one verifying context serves every client.
     return httpx.create_ssl_context()
 
@@ -302,7 +302,7 @@ class GuardedTransport(httpx.BaseTransport):
         self.policy = policy or NetPolicy.from_settings()
         limits = limits or httpx.Limits(max_connections=20, max_keepalive_connections=5)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context or _default_ssl_context(),
+            ssl_context=ssl_context or default_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -324,7 +324,7 @@ class GuardedTransport(httpx.BaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        with _as_httpx_errors():
+        with as_httpx_errors():
             response = self._pool.handle_request(core_request)
         assert isinstance(response.stream, Iterable)
         return httpx.Response(

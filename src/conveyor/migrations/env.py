@@ -16,6 +16,8 @@ from conveyor.core.version_table import VERSION_TABLE, adopt_legacy_version
 from conveyor.workloads.email import models as _email_models  # noqa: F401  (registers tables)
 from conveyor.workloads.images import models as _images_models  # noqa: F401
 from conveyor.workloads.payments import models as _payments_models  # noqa: F401
+from conveyor.workloads.reports import models as _reports_models  # noqa: F401
+from conveyor.workloads.scraping import models as _scraping_models  # noqa: F401
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")
