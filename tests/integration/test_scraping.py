@@ -130,12 +130,17 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
         assert not [url for url in fetched if "/private/" in url]
         for host in site.hosts:
             assert site.count(host, "/robots.txt") == 1, host
-        # Every allowed page fetched once, but for the ones that failed and were retried.
-        retried = {"/error": MAX_ATTEMPTS, "/flaky": 3, "/busy": 2, "/unavailable": 2}
+        # Every allowed page fetched once, and once more per attempt it failed or wait it
+        # was told to take; the failing pages exactly as often as the failure table says.
         for url in allowed:
-            path = "/" + url.split("/", 3)[3]
-            expected = retried.get(path, 1)
-            assert fetched[url] == expected, (url, fetched[url], expected, str(rows.get(url)))
+            row = rows[url]
+            assert fetched[url] == 1 + row["attempts"] + row["deferrals"], row
+        again = {"/error": MAX_ATTEMPTS, "/flaky": 3, "/busy": 2, "/unavailable": 2}
+        for url in allowed:
+            assert fetched[url] == again.get(urlsplit(url).path, fetched[url]), url
+        # Other pages: a network hiccup may cost one an attempt, but not many.
+        hiccups = [url for url in allowed if fetched[url] > 1 and urlsplit(url).path not in again]
+        assert len(hiccups) <= 2, hiccups
         unexpected = set(fetched) - {f"{base}/robots.txt" for base in site.base_urls} - allowed
         assert unexpected == set()
 
@@ -216,6 +221,7 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
         assert set(table[0]) == {"url", "title", "price"}
 
 
+@pytest.mark.one_database
 def test_proxies_share_the_work_and_a_dead_or_banned_one_rests(stack: Stack) -> None:
     with (
         TestSite(pages_per_host=30) as site,
@@ -245,7 +251,9 @@ def test_proxies_share_the_work_and_a_dead_or_banned_one_rests(stack: Stack) -> 
             assert result["status"] == "done", result
             # Nothing lost: every allowed page fetched, through the proxy still alive.
             fetched = set(site.fetched_urls())
-            assert site.allowed_urls() <= fetched
+            rows = {page["url"]: page for page in pages(client, accepted["id"])}
+            missing = [str(rows.get(url)) for url in site.allowed_urls() - fetched]
+            assert missing == [], result
             listed = client.get("/api/v1/scrape-proxies").json()["items"]
             assert "s3cret" not in json.dumps(listed)
             health = {item["label"]: item for item in listed}
@@ -267,6 +275,7 @@ def test_proxies_share_the_work_and_a_dead_or_banned_one_rests(stack: Stack) -> 
         assert "s3cret" not in worker.log_tail(2000)
 
 
+@pytest.mark.one_database
 def test_a_scrape_extracts_one_page_and_a_recrawl_asks_if_it_changed(stack: Stack) -> None:
     with TestSite(pages_per_host=10) as site, scraping_workers(stack) as (client, _worker):
         url = site.url(0, "/etag")
@@ -285,6 +294,7 @@ def test_a_scrape_extracts_one_page_and_a_recrawl_asks_if_it_changed(stack: Stac
         assert sent == [None, '"v1"']
 
 
+@pytest.mark.one_database
 def test_cancelling_a_crawl_stops_it(stack: Stack) -> None:
     with (
         TestSite(pages_per_host=200) as site,

@@ -41,8 +41,9 @@ LEASE_EXTRA_SECONDS = 60.0
 BOOKING_HORIZON = 1.0
 # A booked request this late (the process was busy) books again rather than go late.
 LATE_SLOT_SECONDS = 0.02
-# A banned proxy: the page tries another this many times before the ban counts against it.
-PROXY_BANS_PER_PAGE = 3
+# A page banned through a proxy tries another proxy, without spending an attempt, until it
+# has waited this often (for any reason): then the answer is taken as the page's own.
+PROXY_BANS_PER_PAGE = store.MAX_DEFERRALS // 2
 ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 PROXY_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)
 
@@ -373,10 +374,12 @@ class Crawler:
     def _banned(
         self, proxy: Proxy | None, page: PageRef, response: fetch.Response
     ) -> Outcome | None:
-        """A proxy the site refuses (403, 429, a ban marker) rests, and the page tries another."""
+        """A proxy the site refuses (403, a 429 without Retry-After, a ban marker) rests, and
+        the page tries another. A 429 with Retry-After paces the whole site, not the proxy."""
         if proxy is None:
             return None
-        banned = response.status in (403, 429) or (
+        paced = response.status == 429 and response.retry_after() is not None
+        banned = (response.status in (403, 429) and not paced) or (
             response.status < 300 and any(marker in response.body for marker in self.ban_markers)
         )
         if not banned:

@@ -77,11 +77,17 @@ class ProxyState:
     last_error: str | None = None
 
     @classmethod
-    def of(cls, raw: dict[bytes, bytes]) -> ProxyState:
-        def number(name: str) -> float:
-            return float(raw.get(name.encode(), b"0") or 0)
+    def of(cls, raw: dict[Any, Any]) -> ProxyState:
+        fields = {
+            (key.decode() if isinstance(key, bytes) else key): (
+                value.decode() if isinstance(value, bytes) else value
+            )
+            for key, value in raw.items()
+        }
 
-        error = raw.get(b"last_error")
+        def number(name: str) -> float:
+            return float(fields.get(name) or 0)
+
         return cls(
             number("cool_until"),
             int(number("failures")),
@@ -89,7 +95,7 @@ class ProxyState:
             int(number("requests")),
             int(number("bans")),
             int(number("errors")),
-            error.decode() if error else None,
+            fields.get("last_error") or None,
         )
 
 
@@ -156,7 +162,7 @@ class ProxyPool:
 
     def succeeded(self, proxy: Proxy) -> None:
         key = STATE_PREFIX + proxy.id
-        if self.client.hget(key, "failures") not in (None, b"0"):
+        if self.client.hget(key, "failures") not in (None, "0", b"0"):
             self.client.hset(key, mapping={"failures": 0, "cool_until": 0})
 
     def failed(self, proxy: Proxy, reason: str, *, banned: bool = False) -> float:

@@ -117,7 +117,8 @@ class PageOut(BaseModel):
     final_url: str | None
     content_type: str | None
     size: int | None
-    attempts: int
+    attempts: int = Field(description="Attempts spent: 5xx, timeouts, connection errors.")
+    deferrals: int = Field(description="Waits that spent no attempt: Retry-After, proxies.")
     error: str | None
     fetched_at: str | None
 

@@ -280,6 +280,7 @@ def page_to_dict(page: CrawlPage) -> dict[str, Any]:
         "content_type": page.content_type,
         "size": page.size,
         "attempts": page.attempts,
+        "deferrals": page.deferrals,
         "error": page.error,
         "fetched_at": iso(page.fetched_at),
     }
