@@ -29,6 +29,7 @@ from conveyor.local.ports import choose_port, listening
 from conveyor.local.supervisor import Supervisor
 from conveyor.workloads.email.settings import EmailSettings
 from conveyor.workloads.payments.settings import SANDBOX_URL, PaymentsSettings
+from conveyor.workloads.scraping.settings import ScrapingSettings
 
 console = Console(stderr=True)
 # A cold worker on a busy machine takes several seconds to answer its first ping.
@@ -46,12 +47,15 @@ class Plan:
     api_port: int
     sink_port: int | None
     gateway_port: int | None
+    demo_port: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
 def plan_ports(settings: Settings) -> Plan:
     email, payments = section(EmailSettings), section(PaymentsSettings)
     pinned = settings.model_fields_set | email.model_fields_set | payments.model_fields_set
+    scraping = section(ScrapingSettings)
+    pinned |= scraping.model_fields_set
 
     def pick(setting: str, host: str, port: int) -> int:
         chosen = choose_port(f"CONVEYOR_{setting.upper()}", host, port, pinned=setting in pinned)
@@ -70,6 +74,8 @@ def plan_ports(settings: Settings) -> Plan:
         plan.gateway_port = pick(
             "sandbox_gateway_port", payments.sandbox_gateway_host, payments.sandbox_gateway_port
         )
+    if "scraping" in enabled:
+        plan.demo_port = pick("scrape_demo_port", "127.0.0.1", scraping.scrape_demo_port)
     if settings.worker_metrics_port:
         choose_port(
             # The worker serves its metrics on every interface (prometheus_client default).
@@ -216,6 +222,14 @@ def _start_parts(
         supervisor.start("sandbox gateway", [python, "-m", "conveyor.workloads.payments.sandbox"])
         checks.append(("sandbox gateway", lambda: listening(host, gateway)))
 
+    if plan.demo_port is not None:
+        demo = plan.demo_port
+        supervisor.start(
+            "demo site",
+            [python, "-m", "conveyor.workloads.scraping.demo_site", "--port", str(demo)],
+        )
+        checks.append(("demo site", lambda: listening("127.0.0.1", demo)))
+
     worker_argv = [python, "-m", "celery", "-A", "conveyor.worker", "worker"]
     worker_argv += ["-Q", ",".join(workloads.queues(settings)), "--loglevel", "INFO"]
     if concurrency:
@@ -308,6 +322,13 @@ def _runtime(settings: Settings, plan: Plan) -> Runtime:
     )
 
 
+def _demo_line(settings: Settings, port: int) -> str:
+    url = f"http://127.0.0.1:{port}/"
+    if settings.allow_private_networks:
+        return f"{url} (to crawl; docs/scraping.md)"
+    return f"{url} (crawling it needs CONVEYOR_ALLOW_PRIVATE_NETWORKS=true)"
+
+
 def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -> None:
     base = runtime.api_url
     enabled = [workload.name for workload in workloads.enabled(settings)]
@@ -329,6 +350,7 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
         f"Redis     {redis_note}",
         *([f"Mail      {mail}"] if "email" in enabled else []),
         *([f"Payments  {payments}"] if "payments" in enabled else []),
+        *([f"Demo shop {_demo_line(settings, plan.demo_port)}"] if plan.demo_port else []),
         f"Database  {safe_url(settings.database)}",
         f"Workloads {', '.join(enabled) or 'none'}",
         *(

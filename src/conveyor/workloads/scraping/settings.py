@@ -110,6 +110,10 @@ class ScrapingSettings(SettingsSection):
         description="Text that marks a page as a ban (e.g. 'Access denied|captcha'), | separated.",
     )
 
+    scrape_demo_port: int = Field(
+        default=8092, ge=1, le=65535, description="Port of the demo shop `conveyor up` serves."
+    )
+
     @field_validator("scrape_domain_rate", "scrape_proxy_rate")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
