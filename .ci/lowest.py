@@ -204,6 +204,10 @@ def main(pytest_args: list[str]) -> None:
                 "-q",
                 "-p",
                 "no:cacheprovider",
+                # On every core (pytest-xdist, at its lower bound too): all of the unit tests,
+                # so every module that uses a bounded library is imported and run.
+                "-n",
+                "logical",
                 *pytest_args,
             ],
             UNIT_TIMEOUT,

@@ -206,18 +206,20 @@ def fault_stack(
     subprocess.run([*conveyor, "db", "upgrade"], env=env, check=True, capture_output=True)
     engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     api, api_url = api_process("api", env, tmp_path)
-    # `conveyor api` makes the bootstrap key; uvicorn alone does not, so make it here.
-    _create_admin_key(env, admin_key)
     built = FaultStack(env, tmp_path, api_url, admin_key, engine)
     built.processes["api"] = api
+    # The API, the worker and Beat boot side by side (none waits for another).
     api.start()
     try:
-        wait_for(lambda: api_answers(api_url), 30, "the API to start")
         built.start_worker()
         built.start(
             "beat",
             [sys.executable, "-m", "celery", "-A", "conveyor.worker", "beat", "--loglevel", "INFO"],
         )
+        # `conveyor api` makes the bootstrap key; uvicorn alone does not, so make it here
+        # (the API reads keys per request, not at start).
+        _create_admin_key(env, admin_key)
+        wait_for(lambda: api_answers(api_url), 30, "the API to start")
         wait_for(lambda: _workers_answer(api_url), 60, "a worker to answer", 0.5)
         yield built
     finally:

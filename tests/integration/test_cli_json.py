@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta
 
 import httpx
+import pytest
 
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import get_settings
@@ -46,6 +47,7 @@ def test_status_json(stack: Stack, admin: httpx.Client) -> None:
     assert datetime.fromisoformat(row["failed_at"]).utcoffset() == timedelta(0)
 
 
+@pytest.mark.one_database  # no worker; the ledger figures: test_status_json, both
 def test_status_json_without_a_worker_still_parses_and_fails(stack: Stack) -> None:
     stack.worker.stop()
     try:

@@ -438,6 +438,7 @@ def _client_of(stack: Stack, base_url: str, prefix: str) -> tuple[str, httpx.Cli
     return owner, httpx.Client(base_url=base_url, headers=headers, timeout=30)
 
 
+@pytest.mark.one_database  # the guard and the fetch are network code, not ledger code
 def test_url_uploads_go_through_the_ssrf_guard(
     stack: Stack, image_server: ImageServer, fetching_api: str
 ) -> None:
@@ -457,6 +458,7 @@ def test_url_uploads_go_through_the_ssrf_guard(
         assert (image["filename"], image["source_url"]) == ("photo.jpg", moved)
 
 
+@pytest.mark.one_database  # replay on both databases: test_replaying_a_failed_variants_...
 def test_a_url_that_fails_leaves_the_image_failed_and_replaying_its_dead_letter_completes_it(
     stack: Stack, image_server: ImageServer, fetching_api: str
 ) -> None:
@@ -490,6 +492,7 @@ def test_a_url_that_fails_leaves_the_image_failed_and_replaying_its_dead_letter_
         assert (done["width"], done["height"], done["filename"]) == (640, 480, "later.jpg")
 
 
+@pytest.mark.one_database  # the deadline is the fetch's
 def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
     stack: Stack, image_server: ImageServer, fetching_api: str
 ) -> None:
@@ -520,6 +523,7 @@ def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
     assert max(image_server.slow_seconds) < FETCH_DEADLINE + 1.0
 
 
+@pytest.mark.one_database  # one fetch per owner: a Redis lock (images:fetch:{owner})
 def test_one_owners_slow_urls_never_hold_up_another_owner(
     stack: Stack, image_server: ImageServer, fetching_api: str
 ) -> None:

@@ -183,6 +183,7 @@ def _rate_run(stack: Stack) -> str | None:
     return None
 
 
+@pytest.mark.one_database  # the limiter lives in Redis
 def test_http_limit_per_api_key(stack: Stack) -> None:
     per_minute = 5
     limit = {"CONVEYOR_API_RATE_LIMIT_PER_MINUTE": str(per_minute)}

@@ -33,6 +33,7 @@ def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: http
     assert job["result"] == {"steps": 12, "attempt": 1}
 
 
+@pytest.mark.one_database  # worker pings; the database check: test_up, the tour
 def test_readiness_needs_no_worker_and_workers_are_reported_apart(
     stack: Stack, admin: httpx.Client
 ) -> None:
@@ -126,6 +127,7 @@ def test_broker_outage_is_503_and_job_is_not_left_queued(stack: Stack) -> None:
         assert failed[0]["error"]["type"] == "OperationalError"
 
 
+@pytest.mark.one_database  # the worker's log format
 def test_task_logs_are_json_with_job_id_and_wait_event(stack: Stack, admin: httpx.Client) -> None:
     saved = dict(stack.env)
     stack.worker.stop()

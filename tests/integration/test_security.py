@@ -141,6 +141,7 @@ def test_event_streams_are_capped_per_key_and_share_one_redis_connection(
     inspector.close()
 
 
+@pytest.mark.one_database  # the throttle lives in Redis
 def test_failed_authentications_are_throttled_per_address(stack: Stack) -> None:
     good = stack.key_for("auth-probe")
     attacker = {"X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250 + 1}"}

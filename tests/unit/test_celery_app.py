@@ -12,7 +12,7 @@ import pytest
 from conveyor.core.celery_app import celery_config, queue_for, route_task
 from conveyor.core.settings import Settings
 
-ALL_QUEUES = {"email", "images", "payments", "reports", "webhooks", "default"}
+ALL_QUEUES = {"email", "images", "payments", "reports", "scraping", "webhooks", "default"}
 
 
 @pytest.fixture
@@ -105,7 +105,8 @@ def test_settings_flow_into_the_config(tmp_path: Path) -> None:
         ("conveyor.workloads.images.resize", "images"),
         ("conveyor.workloads.payments.charge", "payments"),
         ("conveyor.workloads.reports.build", "reports"),
-        ("conveyor.workloads.scraping.crawl", "default"),
+        ("conveyor.workloads.scraping.crawl", "scraping"),
+        ("conveyor.workloads.crawling.crawl", "default"),
         ("conveyor.webhooks.deliver", "webhooks"),
         ("conveyor.workloads.unknown.thing", "default"),
         ("conveyor.workloads.email", "default"),

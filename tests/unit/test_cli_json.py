@@ -208,5 +208,5 @@ def test_a_worker_for_an_undeclared_queue_is_one_line(monkeypatch: pytest.Monkey
     assert isinstance(result.exception, SettingsError)
     assert str(result.exception) == (
         "--queues: shiping not declared (declared: shipping, email, images, payments, "
-        "reports, webhooks, default); declare your own in CONVEYOR_QUEUES"
+        "reports, scraping, webhooks, default); declare your own in CONVEYOR_QUEUES"
     )

