@@ -83,6 +83,11 @@ READY_TIMEOUT = 60.0
 CRAWL_TIMEOUT = 180.0  # seconds for one Conveyor crawl; past it the run reports what it has
 POLL_SECONDS = 0.1
 USER_AGENT = "ConveyorBench/1.0 (+https://example.com/bench)"
+# What GET /api/v1/crawls/{id} counts, kept with each Conveyor run.
+COUNTERS = (
+    "pages_queued", "pages_in_flight", "pages_failed", "pages_skipped", "pages_duplicate",
+    "pages_retried", "pages_redirected", "pages_skipped_robots",
+)  # fmt: skip
 
 _children: list[subprocess.Popen[bytes]] = []
 # One request the site answered: (arrived, answered) in time.monotonic(), and the path.
@@ -361,6 +366,7 @@ class Run:
     bounded: bool = False  # stopped at its time bound before every page was fetched
     status: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # the crawl's own counters
 
     @property
     def rate(self) -> float:
@@ -375,6 +381,8 @@ class Bench:
     redis_url: str
     database_url: str
     client: redis.Redis
+    admin: psycopg.Connection[Any] | None = None
+    db_name: str = ""
     api_url: str = ""
     api_key: str = ""
 
@@ -388,7 +396,7 @@ class Bench:
             "CONVEYOR_REDIS_URL": self.redis_url,
             "CONVEYOR_DATABASE_URL": self.database_url,
             "CONVEYOR_DATA_DIR": str(self.work / "data"),
-            "CONVEYOR_LOG_LEVEL": "WARNING",
+            "CONVEYOR_LOG_LEVEL": self.args.worker_log_level,
             "CONVEYOR_LOG_JSON": "false",
             "CONVEYOR_WORKLOADS": "scraping",
             "CONVEYOR_ALLOW_PRIVATE_NETWORKS": "true",  # the site is on loopback
@@ -416,6 +424,17 @@ class Bench:
             }
             (self.work / f"requests-{name}.json").write_text(json.dumps(dump))
         return Politeness.of(log, self.args.domain_rate)
+
+    def commits(self) -> int:
+        """Transactions committed in the bench's PostgreSQL database so far (0 on SQLite)."""
+        if self.admin is None:
+            return 0
+        self.admin.execute("SELECT pg_stat_force_next_flush()")
+        time.sleep(1.1)  # backends report their counts at most once a second
+        row = self.admin.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (self.db_name,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     # --- Conveyor ---
 
@@ -468,6 +487,7 @@ class Bench:
             headers = {"Authorization": f"Bearer {self.api_key}"}
             with httpx.Client(base_url=self.api_url, headers=headers, timeout=30) as http:
                 cpu_before = cpu_seconds(worker.pid)
+                commits_before = self.commits()
                 started = time.monotonic()
                 response = http.post(
                     "/api/v1/crawls",
@@ -495,6 +515,7 @@ class Bench:
                 cpu = cpu_seconds(worker.pid) - cpu_before
         finally:
             stop(worker)
+        commits = self.commits() - commits_before
         if body["status"] != "done":
             print(f"  crawl ended {body['status']!r} ({body.get('error')}); worker log:")
             print(tail(log, 40))
@@ -507,6 +528,10 @@ class Bench:
             failed=int(body["pages_failed"]),
             bounded=body["status"] != "done",
             status=str(body["status"]),
+            details={
+                **{key: body[key] for key in COUNTERS},
+                "database_commits": commits,
+            },
             settings={
                 "CONVEYOR_SCRAPE_REQUESTS_IN_FLIGHT": in_flight,
                 "CONVEYOR_SCRAPE_CRAWL_JOBS": 2,
@@ -618,6 +643,7 @@ def main() -> int:
         help="an existing database, to connect to for CREATE DATABASE",
     )
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--worker-log-level", default="WARNING", help="Conveyor's log level")
     args = parser.parse_args()
     if args.redis_db in (0, 12, 13):
         parser.error("--redis-db: 0, 12 and 13 belong to others; the bench flushes its DB")
@@ -645,7 +671,7 @@ def main() -> int:
         admin.execute(f'CREATE DATABASE "{db_name}"')
         database_url = f"{args.postgres.rsplit('/', 1)[0]}/{db_name}"
     site = Site(args.domains, args.pages_per_domain, args.latency)
-    bench = Bench(args, site, work, redis_url, database_url, client)
+    bench = Bench(args, site, work, redis_url, database_url, client, admin, db_name)
     failed = False
     runs: list[Run] = []
     try:
@@ -692,6 +718,8 @@ def main() -> int:
         )
         for run in runs:
             print(line(run))
+            if run.details:
+                print("      " + ", ".join(f"{k} {v}" for k, v in run.details.items()))
         print(
             f"  max: most requests one domain got in any 1-s window [t, t+1), robots.txt "
             f"included (limit {limit});\n  over: domains above the limit in some window; "

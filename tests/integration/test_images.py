@@ -416,9 +416,10 @@ FETCH_ENV = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="class")
 def fetching_api(stack: Stack) -> Iterator[str]:
-    """The URL of an API, served with a worker, that may fetch images from loopback."""
+    """The URL of an API, served with a worker, that may fetch images from loopback; the
+    stack's usual worker again after the class."""
     usual = stack.env
     stack.worker.stop()
     stack.env = {**usual, **FETCH_ENV}
@@ -438,121 +439,120 @@ def _client_of(stack: Stack, base_url: str, prefix: str) -> tuple[str, httpx.Cli
     return owner, httpx.Client(base_url=base_url, headers=headers, timeout=30)
 
 
-@pytest.mark.one_database  # the guard and the fetch are network code, not ledger code
-def test_url_uploads_go_through_the_ssrf_guard(
-    stack: Stack, image_server: ImageServer, fetching_api: str
-) -> None:
-    _, client = _owner(stack, "img-url")
-    with client:
-        refused = client.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
-        assert refused.status_code == 422
-        assert refused.json()["detail"].startswith("url: refused 127.0.0.1")
-    _, private = _client_of(stack, fetching_api, "img-url")
-    with private:
-        moved = f"{image_server.url}/moved"
-        accepted = _accepted(private.post("/api/v1/images", data={"url": moved}))
-        assert accepted["status"] == "fetching"
-        stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=90)
-        image = _image(private, accepted["id"])
-        assert (image["status"], image["width"], image["height"]) == ("processed", 640, 480)
-        assert (image["filename"], image["source_url"]) == ("photo.jpg", moved)
+@pytest.mark.one_database  # fetching, the SSRF guard, deadlines, a Redis lock per owner
+class TestImagesFromUrls:
+    """Images fetched from URLs, on one worker and API allowed to reach loopback for all the
+    class (started once: `fetching_api`). Not about the ledger: dead-letter replay runs on
+    both databases in test_replaying_a_failed_variants_dead_letter_completes_the_image."""
 
+    def test_url_uploads_go_through_the_ssrf_guard(
+        self, stack: Stack, image_server: ImageServer, fetching_api: str
+    ) -> None:
+        _, client = _owner(stack, "img-url")
+        with client:
+            refused = client.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
+            assert refused.status_code == 422
+            assert refused.json()["detail"].startswith("url: refused 127.0.0.1")
+        _, private = _client_of(stack, fetching_api, "img-url")
+        with private:
+            moved = f"{image_server.url}/moved"
+            accepted = _accepted(private.post("/api/v1/images", data={"url": moved}))
+            assert accepted["status"] == "fetching"
+            stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=90)
+            image = _image(private, accepted["id"])
+            assert (image["status"], image["width"], image["height"]) == ("processed", 640, 480)
+            assert (image["filename"], image["source_url"]) == ("photo.jpg", moved)
 
-@pytest.mark.one_database  # replay on both databases: test_replaying_a_failed_variants_...
-def test_a_url_that_fails_leaves_the_image_failed_and_replaying_its_dead_letter_completes_it(
-    stack: Stack, image_server: ImageServer, fetching_api: str
-) -> None:
-    _, client = _client_of(stack, fetching_api, "img-later")
-    with client, stack.client() as admin:
-        url = f"{image_server.url}/later.jpg"
-        accepted = _accepted(client.post("/api/v1/images", data={"url": url}))
-        stack.wait_job(accepted["job_id"], {"failed"}, timeout=60)
-        image = _image(client, accepted["id"])
-        assert (image["status"], image["error"]) == (
-            "failed",
-            "fetch failed: url: the server answered 404",
-        )
-        letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
-        letter = next(
-            item
-            for item in letters
-            if item["task_name"] == "conveyor.workloads.images.fetch"
-            and item["kwargs"].get("image_id") == accepted["id"]
-        )
-        assert letter["attempts"] == 1  # a 404 is not worth another try
-        image_server.later_ready = True
-        replay = admin.post(f"/api/v1/dead-letters/{letter['id']}/replay")
-        assert replay.status_code in (200, 201, 202), replay.text
+    def test_a_url_that_fails_leaves_the_image_failed_and_replaying_its_dead_letter_completes_it(
+        self, stack: Stack, image_server: ImageServer, fetching_api: str
+    ) -> None:
+        _, client = _client_of(stack, fetching_api, "img-later")
+        with client, stack.client() as admin:
+            url = f"{image_server.url}/later.jpg"
+            accepted = _accepted(client.post("/api/v1/images", data={"url": url}))
+            stack.wait_job(accepted["job_id"], {"failed"}, timeout=60)
+            image = _image(client, accepted["id"])
+            assert (image["status"], image["error"]) == (
+                "failed",
+                "fetch failed: url: the server answered 404",
+            )
+            letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
+            letter = next(
+                item
+                for item in letters
+                if item["task_name"] == "conveyor.workloads.images.fetch"
+                and item["kwargs"].get("image_id") == accepted["id"]
+            )
+            assert letter["attempts"] == 1  # a 404 is not worth another try
+            image_server.later_ready = True
+            replay = admin.post(f"/api/v1/dead-letters/{letter['id']}/replay")
+            assert replay.status_code in (200, 201, 202), replay.text
 
-        def processed() -> dict[str, Any] | None:
-            found = _image(client, accepted["id"])
-            return found if found["status"] == "processed" else None
+            def processed() -> dict[str, Any] | None:
+                found = _image(client, accepted["id"])
+                return found if found["status"] == "processed" else None
 
-        done = wait_for(processed, 90, "the replayed image to be processed")
-        assert (done["width"], done["height"], done["filename"]) == (640, 480, "later.jpg")
+            done = wait_for(processed, 90, "the replayed image to be processed")
+            assert (done["width"], done["height"], done["filename"]) == (640, 480, "later.jpg")
 
-
-@pytest.mark.one_database  # the deadline is the fetch's
-def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
-    stack: Stack, image_server: ImageServer, fetching_api: str
-) -> None:
-    _, client = _client_of(stack, fetching_api, "img-slow")
-    with client, stack.client() as admin:
-        started = time.monotonic()
-        response = client.post("/api/v1/images", data={"url": f"{image_server.url}/slow"})
-        assert time.monotonic() - started < 1.0  # answered at once: a worker fetches
-        accepted = _accepted(response)
-        assert accepted["status"] == "fetching"
-        stack.wait_job(accepted["job_id"], {"failed"}, timeout=90)
-        image = _image(client, accepted["id"])
-        assert image["status"] == "failed"
-        assert f"did not send the image within {FETCH_DEADLINE:g} s" in image["error"]
-        assert all(v["status"] == "failed" for v in image["variant_progress"])
-        letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
-        letter = next(
-            item
-            for item in letters
-            if item["task_name"] == "conveyor.workloads.images.fetch"
-            and item["kwargs"].get("image_id") == accepted["id"]
-        )
-        assert "did not send the image within" in letter["error"]["message"]
-        assert letter["attempts"] == 3  # two retries: a slow server may recover
-    # A byte every 0.2 s never trips a per-read timeout; the whole-fetch deadline cut each
-    # attempt off (plus a little for the server to notice the closed connection).
-    wait_for(lambda: len(image_server.slow_spans) == 3, 5, "the server to see 3 attempts end")
-    assert max(image_server.slow_seconds) < FETCH_DEADLINE + 1.0
-
-
-@pytest.mark.one_database  # one fetch per owner: a Redis lock (images:fetch:{owner})
-def test_one_owners_slow_urls_never_hold_up_another_owner(
-    stack: Stack, image_server: ImageServer, fetching_api: str
-) -> None:
-    _, greedy = _client_of(stack, fetching_api, "img-greedy")
-    _, other = _client_of(stack, fetching_api, "img-other")
-    with greedy, other:
-
-        def send_slow(n: int) -> float:
+    def test_a_slow_url_holds_no_api_thread_and_fails_its_image_at_the_deadline(
+        self, stack: Stack, image_server: ImageServer, fetching_api: str
+    ) -> None:
+        _, client = _client_of(stack, fetching_api, "img-slow")
+        with client, stack.client() as admin:
             started = time.monotonic()
-            url = f"{image_server.url}/slow?n={n}"
-            _accepted(greedy.post("/api/v1/images", data={"url": url}))
-            return time.monotonic() - started
+            response = client.post("/api/v1/images", data={"url": f"{image_server.url}/slow"})
+            assert time.monotonic() - started < 1.0  # answered at once: a worker fetches
+            accepted = _accepted(response)
+            assert accepted["status"] == "fetching"
+            stack.wait_job(accepted["job_id"], {"failed"}, timeout=90)
+            image = _image(client, accepted["id"])
+            assert image["status"] == "failed"
+            assert f"did not send the image within {FETCH_DEADLINE:g} s" in image["error"]
+            assert all(v["status"] == "failed" for v in image["variant_progress"])
+            letters = admin.get("/api/v1/dead-letters", params={"limit": 200}).json()["items"]
+            letter = next(
+                item
+                for item in letters
+                if item["task_name"] == "conveyor.workloads.images.fetch"
+                and item["kwargs"].get("image_id") == accepted["id"]
+            )
+            assert "did not send the image within" in letter["error"]["message"]
+            assert letter["attempts"] == 3  # two retries: a slow server may recover
+        # A byte every 0.2 s never trips a per-read timeout; the whole-fetch deadline cut each
+        # attempt off (plus a little for the server to notice the closed connection).
+        wait_for(lambda: len(image_server.slow_spans) == 3, 5, "the server to see 3 attempts end")
+        assert max(image_server.slow_seconds) < FETCH_DEADLINE + 1.0
 
-        with ThreadPoolExecutor(12) as pool:
-            waits = list(pool.map(send_slow, range(12)))
-        assert max(waits) < 5.0, waits  # 12 at once, none held by a fetch
-        wait_for(lambda: image_server.slow_in_flight, 20, "a slow fetch to start")
+    def test_one_owners_slow_urls_never_hold_up_another_owner(
+        self, stack: Stack, image_server: ImageServer, fetching_api: str
+    ) -> None:
+        _, greedy = _client_of(stack, fetching_api, "img-greedy")
+        _, other = _client_of(stack, fetching_api, "img-other")
+        with greedy, other:
 
-        started = time.monotonic()
-        response = other.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
-        assert time.monotonic() - started < 1.0
-        accepted = _accepted(response)
-        stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=60)
-        assert _image(other, accepted["id"])["status"] == "processed"
-        done_after = time.monotonic() - started
-        # The greedy owner's fetches ran one at a time (the server notices a closed
-        # connection at its next write, 0.2 s on), and are far from done.
-        assert image_server.most_overlap() < 0.5, image_server.slow_spans
-        assert len(image_server.slow_spans) < 12, done_after
+            def send_slow(n: int) -> float:
+                started = time.monotonic()
+                url = f"{image_server.url}/slow?n={n}"
+                _accepted(greedy.post("/api/v1/images", data={"url": url}))
+                return time.monotonic() - started
+
+            with ThreadPoolExecutor(12) as pool:
+                waits = list(pool.map(send_slow, range(12)))
+            assert max(waits) < 5.0, waits  # 12 at once, none held by a fetch
+            wait_for(lambda: image_server.slow_in_flight, 20, "a slow fetch to start")
+
+            started = time.monotonic()
+            response = other.post("/api/v1/images", data={"url": f"{image_server.url}/photo.jpg"})
+            assert time.monotonic() - started < 1.0
+            accepted = _accepted(response)
+            stack.wait_job(accepted["job_id"], {"succeeded"}, timeout=60)
+            assert _image(other, accepted["id"])["status"] == "processed"
+            done_after = time.monotonic() - started
+            # The greedy owner's fetches ran one at a time (the server notices a closed
+            # connection at its next write, 0.2 s on), and are far from done.
+            assert image_server.most_overlap() < 0.5, image_server.slow_spans
+            assert len(image_server.slow_spans) < 12, done_after
 
 
 @pytest.fixture

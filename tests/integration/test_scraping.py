@@ -350,3 +350,24 @@ def test_bad_crawls_are_refused_naming_the_field(
         response = client.post("/api/v1/crawls", json=body)
         assert response.status_code == 422, response.text
         assert field in response.text
+
+
+def test_a_retried_crawl_request_is_one_crawl_and_other_owners_do_not_see_it(
+    stack: Stack,
+) -> None:
+    body = {"seeds": ["https://example.com/"], "max_pages": 5}
+    headers = {"Idempotency-Key": f"crawl-{uuid.uuid4().hex}"}
+    with stack.client(stack.key_for("crawler")) as client:
+        first = client.post("/api/v1/crawls", json=body, headers=headers)
+        again = client.post("/api/v1/crawls", json=body, headers=headers)
+        assert first.status_code == again.status_code == 202, first.text
+        assert first.json()["id"] == again.json()["id"]
+        crawl_id = first.json()["id"]
+        with stack.client(stack.key_for("someone-else")) as other:
+            assert other.get(f"/api/v1/crawls/{crawl_id}").status_code == 404
+            assert other.delete(f"/api/v1/crawls/{crawl_id}").status_code == 404
+            assert other.get(f"/api/v1/crawls/{crawl_id}/items").status_code == 404
+        # Cancelled before any worker of `scraping` runs: it never fetches anything.
+        cancelled = client.delete(f"/api/v1/crawls/{crawl_id}")
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["pages_skipped"] == 1
