@@ -126,6 +126,10 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
         allowed = site.allowed_urls()
         rows = {page["url"]: page for page in pages(client, accepted["id"])}
         fetched = site.fetched_urls()
+        # Every request names the operator, as configured.
+        assert {entry.user_agent for entry in site.requests} == {
+            SCRAPING_ENV["CONVEYOR_SCRAPE_USER_AGENT"]
+        }
         # Never a page robots.txt disallows; robots.txt itself once per host.
         assert not [url for url in fetched if "/private/" in url]
         for host in site.hosts:
