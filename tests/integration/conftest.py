@@ -211,7 +211,7 @@ class Stack:
             self.tmp / "worker.log",
         )  # fmt: skip
         self.worker.start()
-        wait_for(self.worker_answers, 30, "the worker to answer a ping", interval=0.5)
+        wait_for(self.worker_answers, 30, "the worker to answer a ping", interval=0.2)
         return self.worker
 
     @contextmanager
@@ -228,7 +228,8 @@ class Stack:
             self.start_worker()
 
     def worker_answers(self) -> bool:
-        return bool(get_celery().control.ping(timeout=0.5))
+        # limit=1: done at the first reply, instead of always waiting out the timeout.
+        return bool(get_celery().control.ping(timeout=0.5, limit=1))
 
     def key_for(self, owner: str) -> str:
         if owner not in self.keys:
@@ -326,8 +327,8 @@ def stack(
         env=env, api_url=api_url, worker=placeholder, api=api, admin_key=admin_key, tmp=tmp
     )
     try:
+        built.start_worker()  # while the API boots too
         wait_for(lambda: api_answers(api_url), 30, "the API to start")
-        built.start_worker()
         yield built
     finally:
         built.worker.stop()

@@ -60,10 +60,11 @@ def mail_server(stack: Stack) -> Iterator[MailServer]:
     try:
         yield server
     finally:
-        controller.stop()
-        # Later tests get the stack's own worker back.
+        # This fixture ends only with the stack (whose teardown is next): its worker is
+        # stopped before the server, and no other worker is started for the stack's last
+        # moments.
         stack.worker.stop()
-        stack.start_worker()
+        controller.stop()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.integration.conftest import Stack, dead_letter_of, submit_diagnostics
 
@@ -22,6 +23,7 @@ def conveyor(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.one_database  # the CLI's output; its ledger reads (core.ledger) also serve test_jobs
 def test_jobs_commands(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=2, step_seconds=0.1)
     watched = conveyor(stack, "jobs", "watch", job_id, "--interval", "0.1")
@@ -36,6 +38,7 @@ def test_jobs_commands(stack: Stack, admin: httpx.Client) -> None:
     assert "no job no-such-job" in missing.stdout
 
 
+@pytest.mark.one_database  # core.jobs.cancel runs on both databases in test_jobs
 def test_cancel_from_cli(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=200, step_seconds=0.1)
     cancelled = conveyor(stack, "jobs", "cancel", job_id)

@@ -99,6 +99,9 @@ def local_ports_to(root_pid: int, server: dict[str, Any]) -> set[int]:
     return ports
 
 
+# The dead worker's message comes back from Redis (restore_orphans); the ledger side of the
+# reconciler (_stale_jobs, _settle) runs on both databases in the tests below.
+@pytest.mark.one_database
 def test_a_dead_workers_job_runs_again_in_seconds(
     stack: Stack, admin: httpx.Client, fast: None
 ) -> None:

@@ -150,12 +150,13 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
 
         # Never above a host's rate (robots' Crawl-delay: 4 per second) in any second,
         # across both worker processes. The site's clock reads a request when its thread
-        # gets to it (a new connection, this process's other threads): 0.1 s of slack.
+        # gets to it, and on two loaded cores a request can reach it 0.1 s or more after it
+        # left (the crawler's own timing is exact: test_scraping_limits.py): 0.15 s of slack.
         per_second = round(1 / CRAWL_DELAY)
         for host in site.hosts:
             entries = sorted(site.for_host(host), key=lambda entry: entry.arrived)
             gaps = [(round(b.arrived - a.arrived, 3), a.path, b.path) for a, b in pairwise(entries)]
-            assert site.max_in_window(host, window=1.0 - 0.1) <= per_second, (
+            assert site.max_in_window(host, window=1.0 - 0.15) <= per_second, (
                 host,
                 sorted(gaps)[:9],
             )
@@ -229,6 +230,7 @@ def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
         got = {item.pop("url"): item for item in items}
         assert {url: item for url, item in got.items() if not special(url)} == expected
         kept = sorted(urlsplit(url).path.replace("-2", "-1") for url in got if special(url))
+        # One each, even when two jobs fetch copies at the same moment (a unique index).
         assert kept == ["/busy", "/dup-1", "/etag", "/flaky", "/latin1", "/slow", "/unavailable"]
         latin1 = next(item for url, item in got.items() if url.endswith("/latin1"))
         assert latin1["title"] == "Café latin-1"  # decoded by its <meta charset>

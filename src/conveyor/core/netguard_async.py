@@ -107,7 +107,8 @@ class AsyncGuardedTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.policy = policy or NetPolicy.from_settings()
         self.proxied = proxy_url is not None
-        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        # A crawl talks to many sites at once: keep a connection to each alive.
+        limits = limits or httpx.Limits(max_connections=200, max_keepalive_connections=200)
         self._pool: httpcore.AsyncConnectionPool | httpcore.AsyncHTTPProxy
         if proxy_url is not None:
             self._pool = _proxy_pool(proxy_url, limits)

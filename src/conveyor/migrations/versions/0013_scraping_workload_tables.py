@@ -2,7 +2,7 @@
 
 Revision ID: 0013
 Revises: 0012
-Create Date: 2026-11-27 21:51:48.698578
+Create Date: 2026-11-27 22:56:35.327830
 """
 
 from collections.abc import Sequence
@@ -124,10 +124,14 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("conveyor_crawl_pages", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_conveyor_crawl_pages_content", ["crawl_id", "content_hash"], unique=False
+            "ix_conveyor_crawl_pages_due", ["crawl_id", "status", "next_at"], unique=False
         )
         batch_op.create_index(
-            "ix_conveyor_crawl_pages_due", ["crawl_id", "status", "next_at"], unique=False
+            "ux_conveyor_crawl_pages_content",
+            ["crawl_id", "content_hash"],
+            unique=True,
+            postgresql_where=sa.text("status IN ('fetched', 'not_modified')"),
+            sqlite_where=sa.text("status IN ('fetched', 'not_modified')"),
         )
         batch_op.create_index("ux_conveyor_crawl_pages_url", ["crawl_id", "url_hash"], unique=True)
 
@@ -135,8 +139,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("conveyor_crawl_pages", schema=None) as batch_op:
         batch_op.drop_index("ux_conveyor_crawl_pages_url")
+        batch_op.drop_index(
+            "ux_conveyor_crawl_pages_content",
+            postgresql_where=sa.text("status IN ('fetched', 'not_modified')"),
+            sqlite_where=sa.text("status IN ('fetched', 'not_modified')"),
+        )
         batch_op.drop_index("ix_conveyor_crawl_pages_due")
-        batch_op.drop_index("ix_conveyor_crawl_pages_content")
 
     op.drop_table("conveyor_crawl_pages")
     with op.batch_alter_table("conveyor_crawl_items", schema=None) as batch_op:

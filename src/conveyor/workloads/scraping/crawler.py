@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 import httpx
 import redis
 from protego import Protego
+from sqlalchemy.exc import DBAPIError
 
 from conveyor.core.db import session_scope
 from conveyor.core.netguard import BlockedDestination, NetPolicy
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 LEASE_EXTRA_SECONDS = 60.0
 # How far ahead a page may book its domain's next free slot instead of going back in line.
 BOOKING_HORIZON = 1.0
+# A page told to wait this long at most for its domain's turn waits in place.
+WAIT_IN_PLACE = 5.0
+RECORD_ATTEMPTS = 3
 # A booked request this late (the process was busy) books again rather than go late.
 LATE_SLOT_SECONDS = 0.02
 # A page banned through a proxy tries another proxy, without spending an attempt, until it
@@ -82,6 +86,7 @@ class Crawler:
         self.ban_markers = [marker.encode() for marker in scraping.ban_markers()]
         self.lease = scraping.scrape_timeout_seconds + LEASE_EXTRA_SECONDS
         self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._deadline = time.monotonic()
         self._stack = AsyncExitStack()
 
     # --- clients -------------------------------------------------------------------------
@@ -99,6 +104,7 @@ class Crawler:
 
     async def run(self, deadline: float) -> bool:
         """Work until the crawl is finished (True) or `deadline` (time.monotonic()) passes."""
+        self._deadline = deadline
         async with self._stack:
             return await self._loop(deadline)
 
@@ -110,6 +116,7 @@ class Crawler:
             while True:
                 now = time.monotonic()
                 if now >= next_progress and self.progress is not None:
+                    # On this thread: the task's request (its job id) is thread-local.
                     self.progress()  # raises JobCancelled when the job was cancelled
                     next_progress = now + 2.0
                 if now < deadline and len(in_flight) < limit:
@@ -158,12 +165,26 @@ class Crawler:
             store.finish(session, self.crawl.id)
 
     async def _visit(self, page: PageRef) -> None:
-        try:
-            outcome = await self._fetch_page(page)
-        except Exception as exc:  # an unexpected error fails the page, never the crawl
-            log.exception("crawl %s: visiting %s failed", self.crawl.id, page.url)
-            outcome = Outcome(Kind.RETRY, error=f"{type(exc).__name__}: {exc}")
-        await asyncio.to_thread(self._record, page, outcome)
+        while True:
+            try:
+                outcome = await self._fetch_page(page)
+            except Exception as exc:  # an unexpected error fails the page, never the crawl
+                log.exception("crawl %s: visiting %s failed", self.crawl.id, page.url)
+                outcome = Outcome(Kind.RETRY, error=f"{type(exc).__name__}: {exc}")
+            # A short wait for the domain's turn is waited here, page in hand: back in line
+            # through the database it would cost two writes and a claim.
+            soon = time.monotonic() + outcome.delay < self._deadline
+            if outcome.kind is not Kind.WAIT or outcome.delay > WAIT_IN_PLACE or not soon:
+                break
+            await asyncio.sleep(outcome.delay)
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await asyncio.to_thread(self._record, page, outcome)
+                return
+            except DBAPIError as exc:
+                # The page stays claimed until its lease ends, then another job takes it.
+                log.warning("crawl %s: recording %s failed: %s", self.crawl.id, page.url, exc)
+                await asyncio.sleep(0.2 * (attempt + 1))
 
     def _record(self, page: PageRef, outcome: Outcome) -> None:
         with session_scope() as session:
@@ -258,15 +279,16 @@ class Crawler:
             headers["If-Modified-Since"] = kept.last_modified
         try:
             await asyncio.sleep(slot.wait)
+            paused = self.polite.paused_for(domain)
+            if paused > 0:  # a Retry-After came in while this request waited for its slot
+                return Outcome(Kind.WAIT, delay=paused, domain_wide=True)
+            client = await self._client(proxy)
             if time.monotonic() - due > LATE_SLOT_SECONDS:
                 # Sent this late, it would land right before the next booked request:
                 # give the place up and book again rather than crowd the site.
                 return Outcome(Kind.WAIT, delay=0.0)
-            paused = self.polite.paused_for(domain)
-            if paused > 0:  # a Retry-After came in while this request waited for its slot
-                return Outcome(Kind.WAIT, delay=paused, domain_wide=True)
             response = await fetch.get(
-                await self._client(proxy),
+                client,
                 url,
                 headers=headers,
                 max_bytes=settings.scrape_max_body_bytes,

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from conveyor.core.models import Base, utcnow
@@ -47,6 +47,9 @@ DONE_PAGE = frozenset(
         PageStatus.SKIPPED,
     }
 )
+
+
+KEPT_CONTENT = "status IN ('fetched', 'not_modified')"
 
 
 class Crawl(Base):
@@ -115,7 +118,15 @@ class CrawlPage(Base):
     __table_args__ = (
         Index("ux_conveyor_crawl_pages_url", "crawl_id", "url_hash", unique=True),
         Index("ix_conveyor_crawl_pages_due", "crawl_id", "status", "next_at"),
-        Index("ix_conveyor_crawl_pages_content", "crawl_id", "content_hash"),
+        # One kept page per content in a crawl, even when two jobs fetch copies at once.
+        Index(
+            "ux_conveyor_crawl_pages_content",
+            "crawl_id",
+            "content_hash",
+            unique=True,
+            postgresql_where=text(KEPT_CONTENT),
+            sqlite_where=text(KEPT_CONTENT),
+        ),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.core import dead_letters
@@ -96,11 +97,16 @@ class PageRef:
     deferrals: int
 
 
-def _lock_crawl(session: Session, crawl_id: str) -> Crawl | None:
-    """Take the crawl's row lock (a write lock on SQLite) before reading it."""
+def lock(session: Session, crawl_id: str) -> None:
+    """Take the crawl's row lock (a write lock on SQLite). Every write to a crawl's pages
+    takes it first, so writers queue in one order and never deadlock over page rows."""
     session.execute(
         update(Crawl).where(Crawl.id == crawl_id).values(pages_claimed=Crawl.pages_claimed)
     )
+
+
+def _lock_crawl(session: Session, crawl_id: str) -> Crawl | None:
+    lock(session, crawl_id)
     return session.get(Crawl, crawl_id, populate_existing=True)
 
 
@@ -126,22 +132,35 @@ def claim(
         session.rollback()
         return []
     budget = crawl.max_pages - crawl.pages_claimed
+    # Pages of a domain already out (with any job) count against its cap.
+    per: Counter[str] = Counter(
+        dict(
+            session.execute(
+                select(CrawlPage.domain, func.count())
+                .where(
+                    CrawlPage.crawl_id == crawl_id,
+                    CrawlPage.status == PageStatus.FETCHING,
+                    CrawlPage.lease_until >= now,
+                )
+                .group_by(CrawlPage.domain)
+            ).all()
+        )
+    )
     candidates = session.execute(
         select(CrawlPage.id, CrawlPage.domain, CrawlPage.counted)
         .where(_claimable(crawl_id, now))
         .order_by(CrawlPage.next_at, CrawlPage.id)
         .limit(want * 4)
     ).all()
-    per: Counter[str] = Counter()
     picked: list[int] = []
-    newly_counted = 0
+    uncounted: set[int] = set()
     for page_id, domain, counted in candidates:
         if len(picked) >= want or per[domain] >= per_domain:
             continue
         if not counted:
-            if newly_counted >= budget:
+            if len(uncounted) >= budget:
                 continue
-            newly_counted += 1
+            uncounted.add(page_id)
         per[domain] += 1
         picked.append(page_id)
     if not picked:
@@ -166,7 +185,7 @@ def claim(
         )
         .execution_options(synchronize_session=False)
     ).all()
-    crawl.pages_claimed += newly_counted
+    crawl.pages_claimed += sum(1 for row in rows if row.id in uncounted)
     session.commit()
     return [PageRef(*row) for row in rows]
 
@@ -253,6 +272,20 @@ def _is_duplicate(session: Session, crawl_id: str, page_id: int, content_hash: s
     )
 
 
+def _keep_content(session: Session, page: PageRef, values: dict[str, Any]) -> bool:
+    """Write the page as kept; False if another page of the crawl holds its content."""
+    try:
+        with session.begin_nested():
+            session.execute(
+                update(CrawlPage)
+                .where(CrawlPage.id == page.id, CrawlPage.status == PageStatus.FETCHING)
+                .values(values)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
 def _dead_letter(session: Session, crawl: CrawlInfo, page: PageRef, error: str) -> None:
     dead_letters.record(
         session,
@@ -275,6 +308,7 @@ def record(
     session: Session, crawl: CrawlInfo, page: PageRef, outcome: Outcome, *, max_attempts: int
 ) -> None:
     """Write what became of a claimed page, its item and its new links. Commits."""
+    lock(session, crawl.id)
     now = utcnow()
     values: dict[str, Any] = {"lease_until": None}
     kind = outcome.kind
@@ -324,6 +358,11 @@ def record(
             fetched_at=now,
             error=None,
         )
+        if not duplicate and not _keep_content(session, page, values):
+            # Another job kept the same content a moment ago (the unique index said so).
+            duplicate, values["status"] = True, PageStatus.DUPLICATE
+            counts["pages_duplicate"] = 1
+            counts.pop("pages_not_modified", None)
         counts["pages_fetched"] = 1
         if not duplicate:
             if outcome.item is not None:

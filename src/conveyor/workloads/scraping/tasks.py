@@ -36,7 +36,7 @@ from conveyor.workloads.scraping.models import (
     PageStatus,
 )
 from conveyor.workloads.scraping.settings import ScrapingSettings
-from conveyor.workloads.scraping.store import PAGE_TASK
+from conveyor.workloads.scraping.store import PAGE_TASK, lock
 
 
 class CrawlTask(ConveyorTask):
@@ -155,6 +155,7 @@ def page(self: CrawlTask, crawl_id: str, url: str) -> dict[str, Any]:
             raise PermanentError(f"crawl_id: there is no crawl {crawl_id!r}")
         if crawl.status == CrawlStatus.CANCELLED:
             return summary(crawl_id)
+        lock(session, crawl_id)
         reopened = session.execute(
             update(CrawlPage)
             .where(
