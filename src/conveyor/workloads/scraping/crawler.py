@@ -208,29 +208,36 @@ class Crawler:
             proxy = self.pool.choose(domain)
         except NoProxy:
             return RobotsAnswer(0, "")
-        slot = await self.polite.take(
-            domain,
-            holder,
-            crawl_delay=None,
-            proxy_id=proxy.id if proxy else None,
-            deadline=time.monotonic() + 60,
-        )
-        if isinstance(slot, Refused):
-            return RobotsAnswer(0, "")
-        try:
-            await asyncio.sleep(slot.wait)
-            response = await fetch.get(
-                await self._client(proxy),
-                url,
-                headers={"User-Agent": self.settings.scrape_user_agent},
-                max_bytes=512 * 1024,
-                timeout=self.settings.scrape_timeout_seconds,
+        response: fetch.Response | None = None
+        deadline = time.monotonic() + 60
+        while response is None:
+            slot = await self.polite.take(
+                domain,
+                holder,
+                crawl_delay=None,
+                proxy_id=proxy.id if proxy else None,
+                deadline=deadline,
             )
-        except (httpx.HTTPError, fetch.TooLarge, BlockedDestination) as exc:
-            log.info("robots.txt of %s unavailable: %s", origin, type(exc).__name__)
-            return RobotsAnswer(0, "")
-        finally:
-            slot.release()
+            if isinstance(slot, Refused):
+                return RobotsAnswer(0, "")
+            try:
+                due = time.monotonic() + slot.wait
+                await asyncio.sleep(slot.wait)
+                response = await fetch.get(
+                    await self._client(proxy),
+                    url,
+                    headers={"User-Agent": self.settings.scrape_user_agent},
+                    max_bytes=512 * 1024,
+                    timeout=self.settings.scrape_timeout_seconds,
+                    not_after=due + LATE_SLOT_SECONDS,
+                )
+            except fetch.Late:
+                continue  # book again rather than go late
+            except (httpx.HTTPError, fetch.TooLarge, BlockedDestination) as exc:
+                log.info("robots.txt of %s unavailable: %s", origin, type(exc).__name__)
+                return RobotsAnswer(0, "")
+            finally:
+                slot.release()
         max_age = None
         for directive in response.headers.get("cache-control", "").split(","):
             name, _, value = directive.strip().partition("=")
@@ -294,7 +301,10 @@ class Crawler:
                 max_bytes=settings.scrape_max_body_bytes,
                 timeout=settings.scrape_timeout_seconds,
                 proxied=proxy is not None,
+                not_after=due + LATE_SLOT_SECONDS,
             )
+        except fetch.Late:
+            return Outcome(Kind.WAIT, delay=0.0)
         except (fetch.TooLarge, BlockedDestination) as exc:
             return Outcome(Kind.FAILED, error=str(exc))
         except PROXY_FAILURES as exc:

@@ -17,6 +17,10 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
+class Late(Exception):
+    """The request would have left after its `not_after` time: it was not sent."""
+
+
 class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"response larger than {limit:,} bytes (CONVEYOR_SCRAPE_MAX_BODY_BYTES)")
@@ -102,13 +106,26 @@ async def get(
     max_bytes: int,
     timeout: float,
     proxied: bool = False,
+    not_after: float | None = None,
 ) -> Response:
     """GET `url` without following redirects; TooLarge past `max_bytes`, httpx errors, or
-    httpx.ReadTimeout when the whole request takes longer than `timeout`."""
+    httpx.ReadTimeout when the whole request takes longer than `timeout`. With `not_after`
+    (time.monotonic()), Late instead of sending the request any later than that."""
+
+    async def trace(event: str, info: dict[str, object]) -> None:
+        # The last moment before the request's first byte is written.
+        if event.endswith("send_request_headers.started") and time.monotonic() > (
+            not_after or float("inf")
+        ):
+            raise Late()
+
     started = time.monotonic()
+    extensions = {"trace": trace} if not_after is not None else {}
     try:
         with anyio.fail_after(timeout):
-            async with client.stream("GET", url, headers=headers) as response:
+            async with client.stream(
+                "GET", url, headers=headers, extensions=extensions
+            ) as response:
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise TooLarge(max_bytes)
