@@ -33,7 +33,6 @@ def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: http
     assert job["result"] == {"steps": 12, "attempt": 1}
 
 
-@pytest.mark.one_database  # worker pings; the database check: test_up, the tour
 def test_readiness_needs_no_worker_and_workers_are_reported_apart(
     stack: Stack, admin: httpx.Client
 ) -> None:
