@@ -111,7 +111,7 @@ class Crawler:
     async def _loop(self, deadline: float) -> bool:
         in_flight: set[asyncio.Task[None]] = set()
         limit = self.settings.scrape_requests_in_flight
-        next_progress = 0.0
+        next_progress = next_claim = 0.0
         try:
             while True:
                 now = time.monotonic()
@@ -119,10 +119,14 @@ class Crawler:
                     # On this thread: the task's request (its job id) is thread-local.
                     self.progress()  # raises JobCancelled when the job was cancelled
                     next_progress = now + 2.0
-                if now < deadline and len(in_flight) < limit:
-                    pages = await asyncio.to_thread(self._claim, limit - len(in_flight))
+                if now < deadline and now >= next_claim and len(in_flight) < limit:
+                    want = limit - len(in_flight)
+                    pages = await asyncio.to_thread(self._claim, want)
                     for page in pages:
                         in_flight.add(asyncio.create_task(self._visit(page)))
+                    # Fewer than asked: nothing more is due now; look again a little later
+                    # rather than after every page (each claim is a write under the lock).
+                    next_claim = now + (0.2 if len(pages) < want else 0.0)
                 if in_flight:
                     done, in_flight = await asyncio.wait(
                         in_flight, timeout=0.2, return_when=asyncio.FIRST_COMPLETED
@@ -132,11 +136,11 @@ class Crawler:
                     continue
                 if now >= deadline:
                     return False
-                frontier = await asyncio.to_thread(self._state)
-                if frontier.finished:
+                finished, stopped = await asyncio.to_thread(self._state)
+                if finished:
                     await asyncio.to_thread(self._finish)
                     return True
-                if frontier.status_stopped:
+                if stopped:
                     return True
                 await asyncio.sleep(0.2)
         finally:
@@ -153,12 +157,12 @@ class Crawler:
                 per_domain=self.settings.scrape_domain_concurrency,
             )
 
-    def _state(self) -> _State:
+    def _state(self) -> tuple[bool, bool]:
+        """(nothing left to fetch, the crawl is no longer running)."""
         with session_scope() as session:
             frontier = store.state(session, self.crawl.id)
             crawl = session.get(Crawl, self.crawl.id)
-            stopped = crawl is None or crawl.status != CrawlStatus.RUNNING
-            return _State(frontier.finished, stopped)
+            return frontier.finished, crawl is None or crawl.status != CrawlStatus.RUNNING
 
     def _finish(self) -> None:
         with session_scope() as session:
@@ -454,12 +458,6 @@ class Crawler:
                 links.append(link)
         outcome.links = list(dict.fromkeys(links))
         return outcome
-
-
-class _State:
-    def __init__(self, finished: bool, stopped: bool) -> None:
-        self.finished = finished
-        self.status_stopped = stopped
 
 
 def normalize_or(url: str, base: str) -> str:
