@@ -169,6 +169,8 @@ class Crawler:
             store.finish(session, self.crawl.id)
 
     async def _visit(self, page: PageRef) -> None:
+        # Held in place at most this long in all: well inside the page's lease.
+        hold_until = min(self._deadline, time.monotonic() + 4 * WAIT_IN_PLACE)
         while True:
             try:
                 outcome = await self._fetch_page(page)
@@ -177,7 +179,7 @@ class Crawler:
                 outcome = Outcome(Kind.RETRY, error=f"{type(exc).__name__}: {exc}")
             # A short wait for the domain's turn is waited here, page in hand: back in line
             # through the database it would cost two writes and a claim.
-            soon = time.monotonic() + outcome.delay < self._deadline
+            soon = time.monotonic() + outcome.delay < hold_until
             if outcome.kind is not Kind.WAIT or outcome.delay > WAIT_IN_PLACE or not soon:
                 break
             await asyncio.sleep(outcome.delay)
