@@ -132,6 +132,7 @@ def _run(task: ConveyorTask, crawl_id: str, part: int) -> dict[str, Any]:
     if not asyncio.run(crawler.run(time.monotonic() + budget)):
         kwargs = {"crawl_id": crawl_id, "part": part}
         task.continue_later(kwargs, 0.05, "crawling: continues in a fresh delivery")
+    _progress(task, crawl_id)  # the final figures, for whoever watches the job
     return summary(crawl_id)
 
 
