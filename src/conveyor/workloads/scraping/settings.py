@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -118,6 +119,20 @@ class ScrapingSettings(SettingsSection):
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         parse_rate(value)
+        return value
+
+    @field_validator("scrape_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here so a typo stops start-up, not a crawl; the message never shows the URL.
+        parts = [p.strip() for p in value.get_secret_value().split(",")] if value else []
+        for number, part in enumerate(filter(None, parts), 1):
+            url = urlsplit(part)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(
+                    f"proxy {number} must be an http:// or https:// URL with a host, "
+                    "e.g. http://user:pass@proxy.example:3128"
+                )
         return value
 
     @field_validator("scrape_domain_rates")
