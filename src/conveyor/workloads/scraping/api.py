@@ -6,9 +6,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import update
 
-from conveyor.api.deps import AdminDep, CallerDep, SessionDep
+from conveyor.api.deps import AdminDep, Caller, CallerDep, SessionDep
 from conveyor.api.idempotency import IdempotentRoute
 from conveyor.api.paging import Offset
 from conveyor.api.schemas import Problem
@@ -23,7 +22,6 @@ from conveyor.workloads.scraping import service
 from conveyor.workloads.scraping.models import (
     FINISHED_CRAWL,
     Crawl,
-    CrawlPage,
     CrawlStatus,
     PageStatus,
     ScrapeProxy,
@@ -62,6 +60,23 @@ PageState = Literal[
 
 def _not_found(what: str = "crawl") -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def _owned(session: SessionDep, crawl_id: str, caller: Caller, kind: str = "crawl") -> Crawl:
+    crawl = service.get(session, crawl_id, caller.scope, kind)
+    if crawl is None:
+        raise _not_found(kind)
+    return crawl
+
+
+def _accepted(request: Request, crawl: Crawl, route: str, **params: str) -> dict[str, Any]:
+    assert crawl.job_id is not None
+    return {
+        "id": crawl.id,
+        "job_id": crawl.job_id,
+        "status": crawl.status,
+        "url": path_to(request, route, **params),
+    }
 
 
 def _start(session: SessionDep, crawl: Crawl) -> None:
@@ -123,13 +138,7 @@ def create_crawl(
 ) -> dict[str, Any]:
     crawl = service.create(session, caller.owner, _checked(body))
     _start(session, crawl)
-    assert crawl.job_id is not None
-    return {
-        "id": crawl.id,
-        "job_id": crawl.job_id,
-        "status": crawl.status,
-        "url": path_to(request, "conveyor.crawl", crawl_id=crawl.id),
-    }
+    return _accepted(request, crawl, "conveyor.crawl", crawl_id=crawl.id)
 
 
 def _crawl_out(session: SessionDep, request: Request, crawl: Crawl) -> dict[str, Any]:
@@ -162,9 +171,7 @@ def list_crawls(
 def get_crawl(
     crawl_id: str, caller: CallerDep, session: SessionDep, request: Request
 ) -> dict[str, Any]:
-    crawl = service.get(session, crawl_id, caller.scope)
-    if crawl is None:
-        raise _not_found()
+    crawl = _owned(session, crawl_id, caller)
     return _crawl_out(session, request, crawl)
 
 
@@ -182,8 +189,7 @@ def list_pages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    if service.get(session, crawl_id, caller.scope) is None:
-        raise _not_found()
+    _owned(session, crawl_id, caller)
     found = service.pages(session, crawl_id, status_filter, limit + 1, offset)
     return {
         "items": [service.page_to_dict(page) for page in found[:limit]],
@@ -203,9 +209,7 @@ def export_items(
     session: SessionDep,
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
-    crawl = service.get(session, crawl_id, caller.scope)
-    if crawl is None:
-        raise _not_found()
+    crawl = _owned(session, crawl_id, caller)
     fields = list(crawl.extract)
 
     def rows() -> Any:
@@ -231,21 +235,10 @@ def export_items(
 def cancel_crawl(
     crawl_id: str, caller: CallerDep, session: SessionDep, request: Request
 ) -> dict[str, Any]:
-    crawl = service.get(session, crawl_id, caller.scope)
-    if crawl is None:
-        raise _not_found()
+    crawl = _owned(session, crawl_id, caller)
     if crawl.status in FINISHED_CRAWL:
         raise HTTPException(status.HTTP_409_CONFLICT, f"crawl already {crawl.status}")
-    crawl.status, crawl.finished_at = CrawlStatus.CANCELLED, utcnow()
-    left = session.execute(
-        update(CrawlPage)
-        .where(
-            CrawlPage.crawl_id == crawl.id,
-            CrawlPage.status.in_((PageStatus.QUEUED, PageStatus.FETCHING)),
-        )
-        .values(status=PageStatus.SKIPPED, error="crawl cancelled")
-    )
-    crawl.pages_skipped += int(left.rowcount or 0)  # type: ignore[attr-defined]
+    service.cancel(session, crawl)
     session.commit()
     parts = section(ScrapingSettings).scrape_crawl_jobs
     for job_id in service.part_job_ids(crawl, parts):
@@ -269,13 +262,7 @@ def create_scrape(
 ) -> dict[str, Any]:
     crawl = service.create(session, caller.owner, _checked(body), kind="scrape")
     _start(session, crawl)
-    assert crawl.job_id is not None
-    return {
-        "id": crawl.id,
-        "job_id": crawl.job_id,
-        "status": crawl.status,
-        "url": path_to(request, "conveyor.scrape", scrape_id=crawl.id),
-    }
+    return _accepted(request, crawl, "conveyor.scrape", scrape_id=crawl.id)
 
 
 @router.get(
@@ -286,9 +273,7 @@ def create_scrape(
     summary="A scrape: the page's status and the extracted item",
 )
 def get_scrape(scrape_id: str, caller: CallerDep, session: SessionDep) -> dict[str, Any]:
-    crawl = service.get(session, scrape_id, caller.scope, kind="scrape")
-    if crawl is None:
-        raise _not_found("scrape")
+    crawl = _owned(session, scrape_id, caller, kind="scrape")
     found = service.pages(session, crawl.id, None, 1 + SCRAPE_REDIRECTS, 0)
     # The page the redirects led to, if any did.
     page = next(

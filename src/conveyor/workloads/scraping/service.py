@@ -11,10 +11,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core.ledger import iso
+from conveyor.core.models import utcnow
 from conveyor.core.netguard import InvalidUrl, NetPolicy
 from conveyor.core.rate_limit import parse_rate
 from conveyor.core.settings import Settings
@@ -203,6 +204,21 @@ def listing(session: Session, owner: str | None, limit: int, offset: int) -> lis
         query = query.where(Crawl.owner == owner)
     query = query.order_by(Crawl.created_at.desc(), Crawl.id.desc())
     return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def cancel(session: Session, crawl: Crawl) -> None:
+    """Mark the crawl cancelled and every page not yet done skipped (its jobs stop at their
+    next progress report once cancelled too)."""
+    crawl.status, crawl.finished_at = CrawlStatus.CANCELLED, utcnow()
+    left = session.execute(
+        update(CrawlPage)
+        .where(
+            CrawlPage.crawl_id == crawl.id,
+            CrawlPage.status.in_((PageStatus.QUEUED, PageStatus.FETCHING)),
+        )
+        .values(status=PageStatus.SKIPPED, error="crawl cancelled")
+    )
+    crawl.pages_skipped += int(left.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def part_job_ids(crawl: Crawl, parts: int) -> list[str]:

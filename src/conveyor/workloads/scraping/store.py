@@ -256,22 +256,6 @@ def _keep_validators(session: Session, crawl: CrawlInfo, page: PageRef, outcome:
     )
 
 
-def _is_duplicate(session: Session, crawl_id: str, page_id: int, content_hash: str) -> bool:
-    return (
-        session.scalar(
-            select(CrawlPage.id)
-            .where(
-                CrawlPage.crawl_id == crawl_id,
-                CrawlPage.content_hash == content_hash,
-                CrawlPage.id != page_id,
-                CrawlPage.status.in_((PageStatus.FETCHED, PageStatus.NOT_MODIFIED)),
-            )
-            .limit(1)
-        )
-        is not None
-    )
-
-
 def _keep_content(session: Session, page: PageRef, values: dict[str, Any]) -> bool:
     """Write the page as kept; False if another page of the crawl holds its content."""
     try:
@@ -339,15 +323,7 @@ def record(
                 .values(next_at=values["next_at"])
             )
     elif kind in (Kind.FETCHED, Kind.NOT_MODIFIED):
-        duplicate = outcome.content_hash is not None and _is_duplicate(
-            session, crawl.id, page.id, outcome.content_hash
-        )
         status = PageStatus.NOT_MODIFIED if kind is Kind.NOT_MODIFIED else PageStatus.FETCHED
-        if duplicate:
-            status = PageStatus.DUPLICATE
-            counts["pages_duplicate"] = 1
-        elif kind is Kind.NOT_MODIFIED:
-            counts["pages_not_modified"] = 1
         values.update(
             status=status,
             http_status=outcome.http_status,
@@ -358,11 +334,13 @@ def record(
             fetched_at=now,
             error=None,
         )
-        if not duplicate and not _keep_content(session, page, values):
-            # Another job kept the same content a moment ago (the unique index said so).
-            duplicate, values["status"] = True, PageStatus.DUPLICATE
+        # The unique index on kept content says whether another page of the crawl has it.
+        duplicate = not _keep_content(session, page, values)
+        if duplicate:
+            values["status"] = PageStatus.DUPLICATE
             counts["pages_duplicate"] = 1
-            counts.pop("pages_not_modified", None)
+        elif kind is Kind.NOT_MODIFIED:
+            counts["pages_not_modified"] = 1
         counts["pages_fetched"] = 1
         if not duplicate:
             if outcome.item is not None:
