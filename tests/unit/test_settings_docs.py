@@ -114,3 +114,18 @@ def test_unset_and_path_defaults_are_shown_as_text() -> None:
     assert docs["redis_url"].default == settings_docs.UNSET
     assert docs["data_dir"].default == ".conveyor"
     assert not any(doc.changed for doc in docs.values())
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_was_likely_meant_for() -> None:
+    lines = settings_docs.unknown_variables(
+        {
+            "CONVEYOR_SCRAPE_CRAWL_JOB": "3",
+            "CONVEYOR_API_PORT": "8000",  # a setting
+            "CONVEYOR_TEST_REDIS_DB": "12",  # the test suite's own
+            "PATH": "/usr/bin",
+        }
+    )
+    assert lines == [
+        "CONVEYOR_SCRAPE_CRAWL_JOB is not a Conveyor setting and is ignored; "
+        "did you mean CONVEYOR_SCRAPE_CRAWL_JOBS?"
+    ]

@@ -24,6 +24,7 @@ from conveyor.core.preflight import require_database, require_redis, require_tas
 from conveyor.core.redaction import safe_url
 from conveyor.core.runtime import AlreadyRunning, Runtime, UpLock
 from conveyor.core.settings import Settings, SettingsError, get_settings, section
+from conveyor.core.settings_docs import unknown_variables
 from conveyor.local.mail_sink import require_aiosmtpd
 from conveyor.local.ports import choose_port, listening
 from conveyor.local.supervisor import Supervisor
@@ -64,6 +65,7 @@ def plan_ports(settings: Settings) -> Plan:
         return chosen
 
     plan = Plan(api_port=settings.api_port, sink_port=None, gateway_port=None)
+    plan.notes += unknown_variables(os.environ)
     plan.api_port = pick("api_port", settings.api_host, settings.api_port)
     # The mail sink and the sandbox gateway serve their workloads only.
     enabled = {workload.name for workload in workloads.enabled(settings)}

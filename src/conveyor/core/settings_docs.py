@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, section
 
 ENV_PREFIX = "CONVEYOR_"
+# Variables of the project's own test suite, not settings.
+IGNORED_PREFIXES = ("CONVEYOR_TEST_",)
 MASKED = "********"
 UNSET = "\u2013"  # an en dash, as in the README's tables
 
@@ -162,6 +166,24 @@ def describe(settings: Settings | None = None) -> list[SettingDoc]:
     return docs
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per CONVEYOR_* variable that is no setting (a typo is otherwise silently
+    ignored), with the closest setting's name when there is one."""
+    known = {env_name(field) for _, cls, fields in groups() for field in fields} | {
+        env_name(field) for field in Settings.model_fields
+    }
+    lines = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX) or variable in known:
+            continue
+        if variable.startswith(IGNORED_PREFIXES):
+            continue
+        close = difflib.get_close_matches(variable, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"{variable} is not a Conveyor setting and is ignored{hint}")
+    return lines
+
+
 def _cell(text: str, *, code: bool = False) -> str:
     # An unescaped pipe starts a new column; a newline ends the row.
     text = text.replace("|", "\\|").replace("\n", " ")
@@ -181,7 +203,8 @@ def markdown() -> str:
         "",
         f"Conveyor reads every setting from an environment variable with the prefix "
         f"`{ENV_PREFIX}`, or from a `.env` file in the working directory; a bad value stops "
-        "every command with one line naming the variable.",
+        "every command with one line naming the variable, and `conveyor up` names any "
+        f"`{ENV_PREFIX}` variable that is no setting (a misspelt name) with the closest one.",
     ]
     current = ""
     for doc in describe():
