@@ -11,9 +11,12 @@ from celery._state import _set_task_join_will_block  # type: ignore[attr-defined
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from conveyor.core import db, redis_client
+from conveyor.core import db, operations_models, redis_client
 from conveyor.core.models import Base
 from conveyor.core.settings import PLATFORM_URLS, get_settings
+
+# Registers the operations tables on Base.metadata for create_all.
+assert operations_models.JOB_STATS is not None
 
 
 @pytest.fixture(autouse=True)

@@ -26,8 +26,10 @@ from conveyor.api.security import API_HEADERS, SecurityHeaders
 from conveyor.core.metrics import http_latency, http_requests
 from conveyor.core.redis_client import note_outage
 from conveyor.core.settings import Settings
+from conveyor.dashboard import Dashboard
 
 log = logging.getLogger(__name__)
+DASHBOARD_PREFIX = "/dashboard"
 
 DESCRIPTION = """
 Background jobs for FastAPI on Celery and Redis.
@@ -160,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders, docs_paths=[path for path in docs if path])
     app.include_router(conveyor.health_router)
     app.include_router(conveyor.router)
+    app.include_router(Dashboard(conveyor).router, prefix=DASHBOARD_PREFIX)
     return app
 
 

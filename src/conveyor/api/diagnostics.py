@@ -35,7 +35,13 @@ async def start_diagnostics(
     body: DiagnosticsRequest, caller: AdminDep, request: Request
 ) -> dict[str, Any]:
     job = await run_in_threadpool(
-        submit, Submission(task_name=TASK_NAME, kwargs=body.model_dump(), owner=caller.owner)
+        submit,
+        Submission(
+            task_name=TASK_NAME,
+            kwargs=body.model_dump(exclude={"tags"}),
+            owner=caller.owner,
+            tags=body.tags,
+        ),
     )
     url = path_to(request, "conveyor.job", job_id=job.id)
     return {"job_id": job.id, "status": JobState.QUEUED, "url": url}

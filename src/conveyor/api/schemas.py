@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,6 +110,9 @@ class DiagnosticsRequest(BaseModel):
     failure: Literal["transient", "permanent"] = Field(
         default="transient",
         description="transient: retried with backoff; permanent: dead-lettered at once.",
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=10, description="Labels to find the job by."
     )
 
 

@@ -30,6 +30,7 @@ HEADER_RECORDED = "conveyor_recorded"
 HEADER_OWNER = "conveyor_owner"
 # A cancel flag outlives any job that could still be running (the longest visibility window).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
+MAX_TAG_LENGTH = 100
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Submission:
     # Defaults to the task class's `unique_key` / `unique_for` (see conveyor.core.unique).
     unique_key: str | None = None
     unique_for: float | None = None
+    # Labels to search the job by in the dashboard and `GET /api/v1/jobs?tag=`.
+    tags: list[str] = field(default_factory=list)
 
 
 def submit(submission: Submission, *, app: Celery | None = None) -> Job:
@@ -55,6 +58,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
     existing job is returned and nothing is published.
     """
     app = app or get_celery()
+    _check_tags(submission.tags)
     job_id = submission.job_id or str(uuid.uuid4())
     queue = submission.queue or queue_for(submission.task_name, app)
     # Before the ledger row: a job for a queue no worker consumes would wait for ever.
@@ -95,6 +99,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
                     kwargs=submission.kwargs,
                     replay_of=submission.replay_of,
                     republishable=True,
+                    tags=tuple(submission.tags),
                 ),
             )
     except IntegrityError:
@@ -124,6 +129,12 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
             unique.release_job(job_id)
         raise
     return job
+
+
+def _check_tags(tags: list[str]) -> None:
+    for tag in tags:
+        if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_LENGTH:
+            raise ValueError(f"tags: each tag is a string of 1 to {MAX_TAG_LENGTH} characters")
 
 
 async def submit_async(submission: Submission, *, app: Celery | None = None) -> Job:

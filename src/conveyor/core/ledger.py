@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Table, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
+from conveyor.core.models import TERMINAL_STATES, Job, JobAttempt, JobState, JobTag, utcnow
 from conveyor.core.redaction import redact
 
 MAX_RESULT_BYTES = 16_384
@@ -104,6 +104,8 @@ class NewJob:
     # True when the job's message is published right after it is recorded: the ledger then
     # keeps its arguments so a lost message can be published again (reconcile.py).
     republishable: bool = False
+    # Labels to find the job by (`submit(..., tags=[...])`).
+    tags: tuple[str, ...] = ()
 
 
 def _row(new: NewJob) -> Job:
@@ -135,6 +137,9 @@ def _row(new: NewJob) -> Job:
 def create_job(session: Session, new: NewJob) -> Job:
     job = _row(new)
     session.add(job)
+    session.add_all(
+        JobTag(job_id=new.id, tag=tag, created_at=job.created_at) for tag in dict.fromkeys(new.tags)
+    )
     session.flush()
     return job
 
@@ -278,16 +283,37 @@ def _error_values(exc: BaseException, traceback: str | None) -> dict[str, Any]:
     }
 
 
+def _record_attempt(session: Session, job: Job | None, outcome: str) -> None:
+    """Keep a failed attempt's error: the job's row only holds the latest one."""
+    if job is None or job.attempts < 1:
+        return
+    session.merge(
+        JobAttempt(
+            job_id=job.id,
+            attempt=job.attempts,
+            outcome=outcome,
+            error_type=job.error_type,
+            error_message=job.error_message,
+            error_traceback=job.error_traceback,
+            worker_host=job.worker_host,
+            started_at=job.started_at,
+            finished_at=utcnow(),
+        )
+    )
+
+
 def mark_retrying(
     session: Session, job_id: str, exc: BaseException, traceback: str | None
 ) -> Job | None:
-    return _transition(
+    job = _transition(
         session,
         job_id,
         (JobState.STARTED, JobState.QUEUED),
         state=JobState.RETRYING,
         **_error_values(exc, traceback),
     )
+    _record_attempt(session, job, JobState.RETRYING)
+    return job
 
 
 def mark_succeeded(session: Session, job_id: str, result: Any) -> Job | None:
@@ -302,7 +328,7 @@ def mark_failed(
     *,
     state: JobState = JobState.DEAD,
 ) -> Job | None:
-    return _transition(
+    job = _transition(
         session,
         job_id,
         ACTIVE_STATES,
@@ -310,6 +336,8 @@ def mark_failed(
         finished_at=utcnow(),
         **_error_values(exc, traceback),
     )
+    _record_attempt(session, job, state)
+    return job
 
 
 def mark_cancelled(session: Session, job_id: str) -> Job | None:
@@ -383,9 +411,14 @@ class BadCursor(ValueError):
 
 
 def encode_cursor(job: Job) -> str:
-    stamp = as_utc(job.created_at)
+    return encode_position(job.created_at, job.id)
+
+
+def encode_position(when: datetime, row_id: str) -> str:
+    """A page cursor: the last row's time and id, opaque to clients."""
+    stamp = as_utc(when)
     assert stamp is not None
-    raw = json.dumps([stamp.isoformat(), job.id]).encode()
+    raw = json.dumps([stamp.isoformat(), row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

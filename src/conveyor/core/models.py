@@ -94,9 +94,39 @@ class Job(Base):
         ),
         Index("ix_conveyor_jobs_state_created", "state", "created_at"),
         Index("ix_conveyor_jobs_queue_created", "queue", "created_at"),
+        Index("ix_conveyor_jobs_name_created", "name", "created_at"),
         Index("ix_conveyor_jobs_parent", "parent_id"),
         Index("ix_conveyor_jobs_finished", "finished_at"),
     )
+
+
+class JobAttempt(Base):
+    """An attempt that failed: its error and where it ran. A job's last attempt is the job's
+    own row, so a job that succeeds at once writes nothing here."""
+
+    __tablename__ = "conveyor_job_attempts"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobTag(Base):
+    """A tag given to a job when it was submitted; searched by tag, newest first."""
+
+    __tablename__ = "conveyor_job_tags"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(100), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_conveyor_job_tags_tag_created", "tag", "created_at"),)
 
 
 class DeadLetter(Base):
@@ -118,6 +148,13 @@ class DeadLetter(Base):
     failed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     replayed_job_id: Mapped[str | None] = mapped_column(String(64))
     replayed_at: Mapped[datetime | None] = mapped_column()
+
+    # The dashboard's searches: by task, queue or error type, newest first.
+    __table_args__ = (
+        Index("ix_conveyor_dead_letters_task_failed", "task_name", "failed_at"),
+        Index("ix_conveyor_dead_letters_queue_failed", "queue", "failed_at"),
+        Index("ix_conveyor_dead_letters_error_failed", "error_type", "failed_at"),
+    )
 
 
 class ApiKey(Base):

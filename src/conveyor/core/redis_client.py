@@ -56,6 +56,14 @@ def worker_key(hostname: str) -> str:
     return f"{WORKER_KEY_PREFIX}{hostname}"
 
 
+# Hostname → last heartbeat body, without expiry: workers that went silent or stopped too.
+WORKERS_SEEN_KEY = "conveyor:workers:seen"
+
+
+# A dashboard sign-in, by the SHA-256 of its cookie (dashboard/sessions.py).
+DASHBOARD_SESSION_PREFIX = "conveyor:dashboard:session:"
+
+
 # A process that just saw Redis time out fails fast for a moment instead of waiting out
 # another timeout per call: requests get their 503 at once while Redis is away.
 OUTAGE_HOLD_SECONDS = 5.0

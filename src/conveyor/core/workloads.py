@@ -26,6 +26,7 @@ ENTRY_POINT_GROUP = "conveyor.workloads"
 CORE_TASK_MODULES = (
     "conveyor.diagnostics.tasks",
     "conveyor.core.maintenance",
+    "conveyor.core.bulk_replay",
     "conveyor.webhooks.tasks",
 )
 CORE_QUEUES: dict[str, tuple[str, ...]] = {
