@@ -13,6 +13,7 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
 _PUBLIC = {
     "Conveyor": "conveyor.api.mount",
     "Caller": "conveyor.api.deps",
+    "Dashboard": "conveyor.dashboard",
     "Submission": "conveyor.core.jobs",
     "submit": "conveyor.core.jobs",
     "submit_async": "conveyor.core.jobs",
@@ -26,6 +27,7 @@ __all__ = [
     "Caller",
     "Conveyor",
     "ConveyorTask",
+    "Dashboard",
     "PermanentError",
     "Settings",
     "Submission",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from conveyor.core.jobs import Submission, submit, submit_async
     from conveyor.core.settings import Settings
     from conveyor.core.task import ConveyorTask
+    from conveyor.dashboard import Dashboard
 
 
 def __getattr__(name: str) -> Any:

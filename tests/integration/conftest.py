@@ -53,6 +53,8 @@ TEST_ENV = {
     "CONVEYOR_TASK_MODULES": "tests.integration.tasks",
     # A queue of the tests' own, for jobs that must run on a worker of their own.
     "CONVEYOR_QUEUES": "reports",
+    # Job figures reach the database within a second (tests/integration/test_job_stats.py).
+    "CONVEYOR_STATS_FLUSH_SECONDS": "1",
 }
 
 # For a worker started after a kill: Redis hands the dead worker's message back after

@@ -137,5 +137,6 @@ def test_beat_cleanup_task_runs_on_the_worker(stack: Stack) -> None:
         "idempotency_keys",
         "webhook_deliveries",
         "schedule_runs",
+        "job_stats",
     }
     assert "cleanup" in get_celery().conf.beat_schedule

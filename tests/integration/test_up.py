@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,6 +157,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         _readme_email_reaches_the_dev_mailbox(base, headers)
         _readme_payment_succeeds_at_the_sandbox_gateway(base, headers)
         _docs_crawl_of_the_demo_shop(base, headers, demo_port)
+        _dashboard_signs_in_with_the_key(base)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -168,6 +170,7 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0, output[-3000:]
     assert "Conveyor is up" in output
     assert f"Demo shop http://127.0.0.1:{demo_port}/ (to crawl" in output
+    assert f"Dashboard http://127.0.0.1:{port}/dashboard/ (sign in with a key" in output
     assert "stopped" in output
     time.sleep(0.5)
     assert not _port_open(port), "the API still listens after Ctrl-C"
@@ -175,6 +178,23 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         ["pgrep", "-f", f"--port {port}"], capture_output=True, text=True, check=False
     )
     assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+
+
+def _dashboard_signs_in_with_the_key(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=10) as browser:
+        form = browser.get("/dashboard/login")
+        assert form.status_code == 200
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        signed_in = browser.post(
+            "/dashboard/login",
+            data={"api_key": BOOTSTRAP_KEY, "csrf_token": token.group(1), "next": "/dashboard/"},
+        )
+        assert signed_in.status_code == 303
+        overview = browser.get("/dashboard/", headers={"accept": "text/html"})
+        assert overview.status_code == 200
+        assert "Workers" in overview.text
+        assert "Queues" in overview.text
 
 
 def test_keys_create_prints_key_last(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from billing_app.db import get_session
 from billing_app.models import User
-from conveyor import Caller, Conveyor, Submission, submit_async
+from conveyor import Caller, Conveyor, Dashboard, Submission, submit_async
 
 SessionDep = Annotated[Session, Depends(get_session)]
 
@@ -42,6 +42,8 @@ def conveyor_caller(user: UserDep) -> Caller:
 conveyor = Conveyor(owner=conveyor_caller)
 app = FastAPI(title="Billing", lifespan=conveyor.lifespan)
 app.include_router(conveyor.router, prefix="/conveyor")
+# Operators sign in to the dashboard with a Conveyor API key (`conveyor keys create ops --admin`).
+app.include_router(Dashboard(conveyor).router, prefix="/conveyor/dashboard")
 
 
 class NewUser(BaseModel):

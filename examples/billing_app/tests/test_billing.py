@@ -64,3 +64,13 @@ def test_bad_input_is_refused_before_anything_is_queued(client: TestClient) -> N
     ada = sign_up(client, billing_email="ada@example.com")
     answer = client.post("/me/invoices", json={"amount_cents": -5}, headers=ada)
     assert answer.status_code == 422
+
+
+def test_the_dashboard_is_mounted_under_the_apps_prefix(client: TestClient) -> None:
+    form = client.get("/conveyor/dashboard/login")
+    assert form.status_code == 200
+    assert 'action="/conveyor/dashboard/login"' in form.text
+    assert 'href="/conveyor/dashboard/static/dashboard.css"' in form.text
+    # Nothing behind it without a dashboard session, whatever the app's own sign-in says.
+    ada = sign_up(client)
+    assert client.get("/conveyor/dashboard/jobs", headers=ada).status_code == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -11,7 +12,8 @@ from conveyor.api import job_stream
 from conveyor.api.deps import Caller, CallerDep, SessionDep
 from conveyor.api.event_hub import EventHub
 from conveyor.api.schemas import JobOut, JobPage, Problem
-from conveyor.core import jobs, ledger
+from conveyor.core import jobs, ledger, search
+from conveyor.core.ledger import as_utc
 from conveyor.core.models import JobState
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -30,6 +32,20 @@ def list_jobs(
     session: SessionDep,
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     queue: Annotated[str | None, Query(max_length=64, description="Only this queue.")] = None,
+    task: Annotated[
+        str | None,
+        Query(max_length=200, description="Only this task; a trailing `*` matches a prefix."),
+    ] = None,
+    tag: Annotated[
+        str | None, Query(max_length=100, description="Only jobs submitted with this tag.")
+    ] = None,
+    owner: Annotated[
+        str | None, Query(max_length=120, description="Only this owner's jobs (admin keys).")
+    ] = None,
+    created_from: Annotated[
+        datetime | None, Query(description="Created at or after this time.")
+    ] = None,
+    created_to: Annotated[datetime | None, Query(description="Created before this time.")] = None,
     parent_id: Annotated[
         str | None, Query(max_length=64, description="Only the steps of this workflow.")
     ] = None,
@@ -39,15 +55,19 @@ def list_jobs(
     ] = None,
 ) -> dict[str, Any]:
     try:
-        rows, next_cursor = ledger.list_jobs(
-            session,
-            owner=caller.scope,
-            state=state,
-            queue=queue,
-            parent_id=parent_id,
-            limit=limit,
-            cursor=cursor,
-        )
+        if parent_id:
+            rows, next_cursor = ledger.list_jobs(
+                session, owner=caller.scope, state=state, queue=queue, parent_id=parent_id,
+                limit=limit, cursor=cursor,
+            )  # fmt: skip
+        else:
+            where = search.JobFilter(
+                state=state, queue=queue, task=task, tag=tag,
+                # A plain key's own jobs, whatever owner it names.
+                owner=caller.scope if caller.scope is not None else owner,
+                created_from=as_utc(created_from), created_to=as_utc(created_to),
+            )  # fmt: skip
+            rows, next_cursor = search.search_jobs(session, where, limit=limit, cursor=cursor)
     except ledger.BadCursor as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     return {"items": [_out(row, caller) for row in rows], "next_cursor": next_cursor}

@@ -15,7 +15,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 
-from conveyor.api import dead_letters, diagnostics, files, health, jobs, schedules, webhooks
+from conveyor.api import (
+    dead_letters,
+    diagnostics,
+    files,
+    health,
+    jobs,
+    queues,
+    schedules,
+    webhooks,
+)
 from conveyor.api.deps import Caller
 from conveyor.api.event_hub import EventHub
 from conveyor.core import workloads
@@ -54,7 +63,7 @@ class Conveyor:
     def _build_router(self) -> APIRouter:
         signed_in = APIRouter(dependencies=[Depends(self._identify_dependency())])
         router = APIRouter()
-        for module in (jobs, dead_letters, diagnostics, webhooks, files, schedules):
+        for module in (jobs, dead_letters, diagnostics, webhooks, files, schedules, queues):
             signed_in.include_router(module.router)
         for workload in workloads.api_modules(self.settings):
             signed_in.include_router(workload.router)

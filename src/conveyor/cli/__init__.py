@@ -19,6 +19,7 @@ from conveyor.cli import (
     flower,
     jobs,
     keys,
+    queues,
     run,
     schedules,
     settings,
@@ -47,6 +48,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(dead_letters.app, name="dead-letters")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(queues.app, name="queues")
 
 VERSION_FLAGS = ("--version", "-V")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from conveyor.core.models import (
@@ -16,6 +16,7 @@ from conveyor.core.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from conveyor.core.operations_models import JOB_STATS
 from conveyor.core.settings import Settings, get_settings
 
 # Kept until their dead letter goes: a dead job is the dead letter's history.
@@ -51,6 +52,8 @@ class Retention:
     dead_letters_days: float
     webhook_deliveries_days: float
     batch_size: int
+    # None: CONVEYOR_STATS_RETENTION_DAYS (callers that predate it need not pass it).
+    job_stats_days: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Retention:
@@ -60,6 +63,7 @@ class Retention:
             dead_letters_days=settings.dead_letter_retention_days,
             webhook_deliveries_days=settings.webhook_delivery_retention_days,
             batch_size=settings.cleanup_batch_size,
+            job_stats_days=settings.stats_retention_days,
         )
 
 
@@ -98,9 +102,28 @@ def prune_schedule_runs(session: Session, days: float, batch_size: int) -> int:
     return delete_in_batches(session, ScheduleRun.id, condition, batch_size=batch_size)
 
 
+def prune_job_stats(session: Session, days: float, batch_size: int) -> int:
+    """Per-minute job figures, oldest minutes first, about `batch_size` rows per statement
+    (the key is (minute, queue): a batch ends at a whole minute)."""
+    cutoff = _before(days)
+    minute = JOB_STATS.c.minute
+    removed = 0
+    while True:
+        oldest = select(minute).where(minute < cutoff).order_by(minute).limit(batch_size)
+        last = session.scalar(select(func.max(oldest.subquery().c.minute)))
+        if last is None:
+            return removed
+        result = session.execute(delete(JOB_STATS).where(minute < cutoff, minute <= last))
+        session.commit()
+        removed += int(getattr(result, "rowcount", 0) or 0)
+
+
 def run_cleanup(session: Session, retention: Retention | None = None) -> dict[str, int]:
     retention = retention or Retention.from_settings()
     size = retention.batch_size
+    stats_days = retention.job_stats_days
+    if stats_days is None:
+        stats_days = get_settings().stats_retention_days
     return {
         "jobs": prune_jobs(session, retention.jobs_days, size),
         "dead_letters": prune_dead_letters(session, retention.dead_letters_days, size),
@@ -109,4 +132,5 @@ def run_cleanup(session: Session, retention: Retention | None = None) -> dict[st
             session, retention.webhook_deliveries_days, size
         ),
         "schedule_runs": prune_schedule_runs(session, retention.jobs_days, size),
+        "job_stats": prune_job_stats(session, stats_days, size),
     }

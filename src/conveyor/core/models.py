@@ -94,6 +94,14 @@ class Job(Base):
         ),
         Index("ix_conveyor_jobs_state_created", "state", "created_at"),
         Index("ix_conveyor_jobs_queue_created", "queue", "created_at"),
+        # The oldest queued job of a queue in one seek (queue overview); queued rows only.
+        Index(
+            "ix_conveyor_jobs_queued",
+            "queue",
+            "created_at",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
         Index("ix_conveyor_jobs_name_created", "name", "created_at"),
         Index("ix_conveyor_jobs_parent", "parent_id"),
         Index("ix_conveyor_jobs_finished", "finished_at"),

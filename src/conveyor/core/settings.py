@@ -263,6 +263,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Cleanup deletes webhook deliveries older than this (days), held ones too.",
     )
+    stats_retention_days: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Cleanup deletes the per-minute job figures (the dashboard's charts) older than "
+            "this (days)."
+        ),
+    )
     cleanup_batch_size: int = Field(
         default=1000,
         ge=10,
@@ -341,10 +349,32 @@ class Settings(BaseSettings):
 
     # end webhooks
 
+    dashboard_session_hours: float = Field(
+        default=8.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a dashboard sign-in lasts before the key is asked for again.",
+    )
+    dashboard_live_seconds: float = Field(
+        default=2.0,
+        ge=0.2,
+        le=60,
+        description="How often the dashboard's live regions are refreshed over their stream.",
+    )
+
     queue_wait_threshold_seconds: float = Field(
         default=0.0,
         ge=0,
         description="Log queue.wait_exceeded when a job waited longer (seconds); 0 = off.",
+    )
+    stats_flush_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds between a worker process's writes of its job figures to the database; "
+            "a crash loses at most this long of them."
+        ),
     )
     metrics_dir: Path | None = Field(
         default=None,

@@ -66,6 +66,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "job_retention_days",
         "dead_letter_retention_days",
         "webhook_delivery_retention_days",
+        "stats_retention_days",
         "cleanup_batch_size",
     ),
     "API limits and idempotency": (
@@ -74,6 +75,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "sse_max_streams_per_key",
         "idempotency_ttl_seconds",
     ),
+    "Dashboard": ("dashboard_session_hours", "dashboard_live_seconds"),
     "Outgoing HTTP and webhooks": (
         "allow_private_networks",
         "webhook_timeout_seconds",
@@ -81,7 +83,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "webhook_disable_after_seconds",
         "webhook_dispatch_interval_seconds",
     ),
-    "Metrics": ("metrics_dir", "worker_metrics_port", "queue_wait_threshold_seconds"),
+    "Metrics": (
+        "metrics_dir",
+        "worker_metrics_port",
+        "queue_wait_threshold_seconds",
+        "stats_flush_seconds",
+    ),
     "Storage": (
         "storage_backend",
         "storage_dir",

@@ -103,7 +103,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from conveyor.core import heartbeat, task_metrics
+    from conveyor.core import heartbeat, job_stats, task_metrics, worker_queues
 
     signals.worker_process_init.connect(_reset_process_state, weak=False)
     signals.before_task_publish.connect(task_metrics.stamp_enqueue_time, weak=False)
@@ -111,7 +111,13 @@ def install() -> None:
     signals.task_prerun.connect(task_metrics.task_started, weak=False)
     signals.task_postrun.connect(task_metrics.task_finished, weak=False)
     signals.worker_process_shutdown.connect(task_metrics.process_exiting, weak=False)
+    # Pool children write their last figures as they exit; solo and threads pools record in
+    # the main process, which writes them at worker shutdown.
+    signals.worker_process_shutdown.connect(job_stats.flush_at_exit, weak=False)
+    signals.worker_shutdown.connect(job_stats.flush_at_exit, weak=False)
     signals.worker_ready.connect(task_metrics.serve_worker_metrics, weak=False)
+    # After -Q is applied, before the consumer starts: paused queues are left out.
+    signals.worker_init.connect(worker_queues.leave_out_paused, weak=False)
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.setup_logging.connect(_take_over_logging, weak=False)

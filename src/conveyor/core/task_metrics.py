@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from conveyor.core import metrics
+from conveyor.core import job_stats, metrics
 from conveyor.core.settings import get_settings
 
 log = structlog.get_logger("conveyor.queue")
@@ -20,6 +20,11 @@ log = structlog.get_logger("conveyor.queue")
 HEADER_ENQUEUED_AT = "conveyor_enqueued_at"
 _STARTED_AT = "conveyor_started_at"
 OUTCOMES = {"SUCCESS": "succeeded", "RETRY": "retried", "FAILURE": "dead", "IGNORED": "requeued"}
+
+
+def _in_worker(task: Any) -> bool:
+    # Eager runs (tests, task_always_eager) never waited in a queue: not a queue's figures.
+    return not getattr(task.request, "is_eager", False)
 
 
 def stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -56,6 +61,8 @@ def task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None
         return
     wait = max(0.0, now - _ready_at(task.request, float(enqueued_at)))
     metrics.queue_wait.labels(queue).observe(wait)
+    if _in_worker(task):
+        job_stats.observe_wait(queue, wait)
     threshold = get_settings().queue_wait_threshold_seconds
     if threshold and wait > threshold:
         metrics.queue_wait_exceeded.labels(queue).inc()
@@ -73,12 +80,16 @@ def task_finished(task: Any = None, state: str | None = None, **_: Any) -> None:
             return
         started = getattr(task.request, _STARTED_AT, None)
         queue = _queue_of(task)
-        if isinstance(started, float):
-            metrics.job_runtime.labels(task.name, queue).observe(time.perf_counter() - started)
+        runtime = time.perf_counter() - started if isinstance(started, float) else None
+        if runtime is not None:
+            metrics.job_runtime.labels(task.name, queue).observe(runtime)
         outcome = OUTCOMES.get(state or "", (state or "unknown").lower())
         if getattr(task.request, "conveyor_cancelled", False):
             outcome = "cancelled"
         metrics.jobs_total.labels(task.name, queue, outcome).inc()
+        if _in_worker(task):
+            # Requeued and rejected deliveries are not counted; retried and dead are failed too.
+            job_stats.observe_outcome(queue, outcome, runtime)
     finally:
         structlog.contextvars.clear_contextvars()
 

@@ -30,6 +30,7 @@ STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".txt": "text/plain; charset=utf-8",
     ".md": "text/plain; charset=utf-8",
+    ".svg": "image/svg+xml",
 }
 # With nothing new to send, a comment this often keeps proxies from closing the stream.
 KEEPALIVE_SECONDS = 15.0

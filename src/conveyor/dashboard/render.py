@@ -8,7 +8,6 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup
 
 from conveyor.core.ledger import as_utc
 
@@ -61,12 +60,6 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
-def json_block(value: Any) -> Markup:
-    """Data for a `<script type="application/json">` block: with every `<` escaped, no
-    string in it can close the block, so it is safe unescaped."""
-    return Markup(json.dumps(value).replace("<", "\\u003c"))  # noqa: S704
-
-
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     env = Environment(
@@ -76,7 +69,6 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(ago=ago, duration=duration, stamp=stamp, size=size, pretty=pretty)
-    env.filters["json_block"] = json_block
     return env
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from conveyor.core import heartbeat, job_stats, queue_control, workloads
+from conveyor.core import heartbeat, job_figures, queue_control, workloads
 from conveyor.core.dead_letters import get as get_dead_letter
 from conveyor.core.ledger import BadCursor, as_utc, get_job
 from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
@@ -116,21 +116,21 @@ def overview(session: Session, who: SignedIn, params: Params) -> dict[str, Any]:
     queue = _choice(params, "queue", declared)
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     charts = [
-        _chart("Jobs per minute, last hour", job_stats.series(
+        _chart("Jobs per minute, last hour", job_figures.series(
             session, since=hour, step_minutes=1, queue=queue), 1),
-        _chart("Jobs per 15 minutes, last day", job_stats.series(
+        _chart("Jobs per 15 minutes, last day", job_figures.series(
             session, since=day, step_minutes=15, queue=queue), 15),
-        _latency_chart("Wait and run time, last hour", job_stats.latency_series(
+        _latency_chart("Wait and run time, last hour", job_figures.latency_series(
             session, since=hour, step_minutes=1, queue=queue), 1),
-        _latency_chart("Wait and run time, last day", job_stats.latency_series(
+        _latency_chart("Wait and run time, last day", job_figures.latency_series(
             session, since=day, step_minutes=15, queue=queue), 15),
     ]  # fmt: skip
     return {
         "queue": queue,
         "declared": declared,
         "charts": charts,
-        "latency_hour": job_stats.latency(session, since=hour),
-        "latency_day": job_stats.latency(session, since=day),
+        "latency_hour": job_figures.latency(session, since=hour),
+        "latency_day": job_figures.latency(session, since=day),
         "queues": queue_control.queue_overview(session, get_redis()),
         "workers_online": len(heartbeat.live_workers()),
         "dead_letters": search_dead_letters(session, DeadLetterFilter(), limit=5)[0],
@@ -140,12 +140,24 @@ def overview(session: Session, who: SignedIn, params: Params) -> dict[str, Any]:
 def queues(session: Session, who: SignedIn, params: Params) -> dict[str, Any]:
     return {
         "queues": queue_control.queue_overview(session, get_redis()),
-        "latency": job_stats.latency(session, since=utcnow() - timedelta(hours=1)),
+        "latency": job_figures.latency(session, since=utcnow() - timedelta(hours=1)),
     }
 
 
 def workers(session: Session, who: SignedIn, params: Params) -> dict[str, Any]:
-    return {"workers": heartbeat.known_workers(get_redis())}
+    shown = []
+    for body in heartbeat.known_workers(get_redis()):
+        # Beats carry epoch seconds; the page shows an age and a span.
+        last = float(body.get("stopped_at") or body["at"])
+        started = body.get("started_at")
+        shown.append(
+            {
+                **body,
+                "last_seen": datetime.fromtimestamp(last, UTC),
+                "uptime": last - float(started) if started else None,
+            }
+        )
+    return {"workers": shown}
 
 
 def job_filter(who: SignedIn, params: Params) -> JobFilter:

@@ -10,8 +10,8 @@ from alembic import context
 from alembic.runtime.environment import NameFilterParentNames, NameFilterType
 from sqlalchemy import create_engine, pool, text
 
-from conveyor.core.models import Base
 from conveyor.core import operations_models as _operations_models  # noqa: F401
+from conveyor.core.models import Base
 from conveyor.core.schedules import models as _schedule_models  # noqa: F401  (registers tables)
 from conveyor.core.version_table import VERSION_TABLE, adopt_legacy_version
 from conveyor.workloads.email import models as _email_models  # noqa: F401  (registers tables)

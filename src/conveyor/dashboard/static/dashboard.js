@@ -1,5 +1,5 @@
 // Conveyor dashboard: the CSRF header on htmx requests, and the charts (uPlot) drawn from
-// the JSON blocks each page carries, again whenever a live region is swapped in.
+// the data-chart attribute of each chart's box, again whenever a live region is swapped in.
 (function () {
   "use strict";
   var COLOURS = {
@@ -21,9 +21,7 @@
     });
     if (typeof uPlot === "undefined") { return; }
     (root || document).querySelectorAll("[data-chart]").forEach(function (box) {
-      var source = document.getElementById("chart-data-" + box.getAttribute("data-chart"));
-      if (!source) { return; }
-      var chart = JSON.parse(source.textContent);
+      var chart = JSON.parse(box.getAttribute("data-chart"));
       var names = Object.keys(chart.series);
       var latency = names[0] && names[0].indexOf("_p") > 0;
       var data = [chart.x].concat(names.map(function (name) { return chart.series[name]; }));
@@ -33,6 +31,8 @@
         series: [{}].concat(names.map(function (name) {
           return {
             label: name, stroke: COLOURS[name] || "#333", width: 2, spanGaps: false,
+            // A latency is known only for minutes when something ran: show lone values.
+            points: latency ? { show: true, size: 6 } : undefined,
             value: latency ? function (u, v) { return v == null ? "—" : v.toFixed(3) + " s"; } : undefined
           };
         })),
