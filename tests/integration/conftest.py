@@ -67,6 +67,15 @@ QUICK_REDELIVERY = {
 
 pytestmark = pytest.mark.integration
 
+# The ledgers the tests run on. `./dev test` runs one pytest per database side by side, each
+# on a Redis database of its own; the tests that take no database run in the first only.
+DATABASES = [
+    name.strip()
+    for name in os.environ.get("CONVEYOR_TEST_DATABASES", "sqlite,postgresql").split(",")
+    if name.strip()
+]
+DATABASE_TESTS_ONLY = os.environ.get("CONVEYOR_TEST_DATABASE_TESTS_ONLY") == "1"
+
 
 def stack_queues() -> list[str]:
     """Every queue but `scraping`: crawls reach loopback sites, which needs settings of their
@@ -74,9 +83,14 @@ def stack_queues() -> list[str]:
     return [name for name in queues(get_settings()) if name != "scraping"]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`@pytest.mark.one_database`: a slow test whose subject is not the database (a worker
     kill, an object store) runs on PostgreSQL only, to keep the suite short."""
+    if DATABASE_TESTS_ONLY:
+        elsewhere = [item for item in items if "database_url" not in item.fixturenames]
+        if elsewhere:
+            config.hook.pytest_deselected(items=elsewhere)
+            items[:] = [item for item in items if "database_url" in item.fixturenames]
     for item in items:
         callspec = getattr(item, "callspec", None)
         on_sqlite = callspec is not None and callspec.params.get("database_url") == "sqlite"
@@ -132,7 +146,7 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=DATABASES)
 def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:

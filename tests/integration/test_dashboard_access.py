@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
 
 from conveyor.core import api_keys, db
 from conveyor.core.jobs import Submission, submit
-from tests.integration.conftest import Stack, submit_diagnostics, wait_for
+from tests.integration.conftest import Stack, api_answers, free_port, submit_diagnostics, wait_for
 
 PAGE = {"accept": "text/html"}
 
@@ -185,3 +190,40 @@ def test_jobs_are_found_by_tag_through_the_api_and_the_dashboard(
     detail = admin_browser.get(f"/dashboard/jobs/{tagged}", headers=PAGE)
     assert ">invoice-42</a>" in detail.text
     wait_for(lambda: admin.get(f"/api/v1/jobs/{tagged}").json()["state"] == "succeeded", 30, "job")
+
+
+def test_conveyor_api_stops_at_once_with_a_dashboard_stream_open(
+    stack: Stack, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = (tmp_path / "api.log").open("wb")
+    api = subprocess.Popen(
+        [sys.executable, "-c", "from conveyor.cli import main; main()", "api", "--port", str(port)],
+        env=stack.env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: api_answers(base), 30, "conveyor api to answer")
+        browser = httpx.Client(base_url=base, timeout=30)
+        form = browser.get("/dashboard/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        browser.post(
+            "/dashboard/login", data={"api_key": stack.admin_key, "csrf_token": token.group(1)}
+        )
+        with browser.stream("GET", "/dashboard/live/queues") as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("event: update")
+            api.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            # The stream ends by itself: the server does not wait on it, nor cut it.
+            for _ in lines:
+                pass
+        # Stopped by Ctrl-C as any command is (130), with nothing left to wait on.
+        assert api.wait(15) in (0, 130)
+        assert time.monotonic() - started < 10
+    finally:
+        if api.poll() is None:
+            api.kill()
+        log.close()
+    assert "Traceback" not in (tmp_path / "api.log").read_text(errors="replace")

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from conveyor.api import shutdown
 from conveyor.api.event_hub import EventHub
 from conveyor.core import ledger
 from conveyor.core.db import session_scope
@@ -160,7 +161,7 @@ async def _events(
     sequence = 1
     yield _sse(current, sequence)
     while current["state"] not in TERMINAL_STATES:
-        if await request.is_disconnected():
+        if await request.is_disconnected() or shutdown.stopping():
             return
         if place is not None:
             await place.keep()

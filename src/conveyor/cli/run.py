@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -44,6 +44,24 @@ def bootstrap_key() -> None:
         console.print("[green]created the admin key from CONVEYOR_BOOTSTRAP_API_KEY[/green]")
 
 
+STREAMS_CLOSED_AFTER_SECONDS = 3
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Tells the event streams to end as soon as a shutdown is asked for."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            from conveyor.api import shutdown
+
+            shutdown.begin()
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def api(
     host: Annotated[str | None, typer.Option(help="Default: CONVEYOR_API_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: CONVEYOR_API_PORT.")] = None,
@@ -61,15 +79,22 @@ def api(
     setting = "--port" if port else "CONVEYOR_API_PORT"
     port = choose_port(setting, host, port or settings.api_port, pinned=True)
     bootstrap_key()
-    uvicorn.run(
-        "conveyor.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=True,
-        log_config=None,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "proxy_headers": True,
+        "log_config": None,
+        # Event streams (a dashboard tab, `jobs/{id}/events`) never end by themselves: on
+        # Ctrl-C or SIGTERM a stream still open after this is cut, never holding the shutdown.
+        "timeout_graceful_shutdown": STREAMS_CLOSED_AFTER_SECONDS,
+    }
+    if workers > 1:
+        uvicorn.run("conveyor.api.app:create_app", **options)
+    else:
+        # One process: its streams end by themselves first (see _server_class).
+        _server_class()(uvicorn.Config("conveyor.api.app:create_app", **options)).run()
 
 
 def worker(

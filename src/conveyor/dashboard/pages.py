@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from conveyor.api import shutdown
 from conveyor.api.event_hub import EventHub
 from conveyor.core.db import session_scope
 from conveyor.core.redis_client import job_channel
@@ -115,7 +116,7 @@ async def _changes(
         wake: asyncio.Queue[str] | None = None
         if view.follows_job and params.get("job_id"):
             wake = await stack.enter_async_context(hub.follow(job_channel(params["job_id"])))
-        while not await request.is_disconnected():
+        while not await request.is_disconnected() and not shutdown.stopping():
             # Signed out or revoked meanwhile: the stream ends with the session.
             if await run_in_threadpool(_signed_in_now, token) is None:
                 return
