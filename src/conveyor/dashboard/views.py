@@ -7,7 +7,7 @@ full, and its live stream renders the same context's region again as things chan
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -246,8 +246,9 @@ def dead_letter_detail(session: Session, who: SignedIn, params: Params) -> dict[
 
 
 def replay_confirm(session: Session, who: SignedIn, params: Params) -> dict[str, Any]:
-    # The count is fixed to what failed before now: letters arriving later are not included.
-    where = letter_filter(params, before=utcnow())
+    # Fixed to what failed before now (later letters are not included), and to letters not
+    # replayed yet: a replay that failed again is a dead letter of its own.
+    where = replace(letter_filter(params, before=utcnow()), replayed="no")
     return {"filters": where.to_json(), "count": count_dead_letters(session, where)}
 
 
