@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text as sa_text
 
 from conveyor.core import api_keys, db
 from conveyor.core.jobs import Submission, submit
@@ -227,3 +228,17 @@ def test_conveyor_api_stops_at_once_with_a_dashboard_stream_open(
             api.kill()
         log.close()
     assert "Traceback" not in (tmp_path / "api.log").read_text(errors="replace")
+
+
+def test_on_postgresql_searching_messages_has_a_trigram_index(
+    stack: Stack, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL index")
+    with db.session_scope() as session:
+        found = session.execute(
+            sa_text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
+            {"name": "ix_conveyor_dead_letters_message_trgm"},
+        ).scalar()
+    assert found is not None
+    assert "gin_trgm_ops" in found

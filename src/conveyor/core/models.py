@@ -103,6 +103,8 @@ class Job(Base):
             postgresql_where=text("state = 'queued'"),
         ),
         Index("ix_conveyor_jobs_name_created", "name", "created_at"),
+        # The newest jobs of all, or of a time range: a page without a full scan.
+        Index("ix_conveyor_jobs_created", "created_at", "id"),
         Index("ix_conveyor_jobs_parent", "parent_id"),
         Index("ix_conveyor_jobs_finished", "finished_at"),
     )
