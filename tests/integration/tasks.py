@@ -259,3 +259,23 @@ def schedule_slow(self: _SchedulesBase, group: str, seconds: float) -> None:
     _schedules_time.sleep(seconds)
     interval = f"{started} {_schedules_time.time()}"
     _schedules_redis().rpush(f"test:schedules:intervals:{group}", interval)
+
+
+# --- dashboard ---
+import pathlib as _dashboard_pathlib  # noqa: E402
+
+from celery import shared_task as _dashboard_shared_task  # noqa: E402
+
+from conveyor.core.errors import PermanentError as _DashboardPermanent  # noqa: E402
+from conveyor.core.task import ConveyorTask as _DashboardBase  # noqa: E402
+
+
+@_dashboard_shared_task(bind=True, base=_DashboardBase, name="tests.dashboard.needs_file")
+def needs_file(self: _DashboardBase, path: str) -> str:
+    """Dead at once while `path` is missing; its replay succeeds once the file is there, as a
+    job does whose cause an operator fixed."""
+    self.report_progress(1, 2, "looking for the file")
+    if not _dashboard_pathlib.Path(path).exists():
+        raise _DashboardPermanent(f"{path} does not exist: create it, then replay")
+    self.report_progress(2, 2, "found it")
+    return "found"

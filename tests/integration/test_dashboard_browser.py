@@ -1,9 +1,10 @@
 """The dashboard in a real browser, against the real stack: sign-in, live pages, clicks that
 replay, pause and resume, who sees what, refusals, accessibility and screenshots.
 
-A replayed diagnostics job runs with the same arguments from attempt 1 again, so a letter
-whose job failed on its first attempts fails again when replayed, whatever the body: the
-replay tests check that the replay ran as a new job linked to its letter, not that it won.
+A replayed diagnostics job runs with the same arguments from attempt 1 again, so it fails
+again as its letter did: the bulk replay checks that each replay ran as a new job linked to its
+letter. The single replay uses a job that needs a file, made between the failure and the
+click, so its replay succeeds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -43,6 +45,7 @@ pytestmark = pytest.mark.integration
 MS = WAIT * 1000
 ACTIVE = {"queued", "started", "retrying"}
 DIAGNOSTICS = "conveyor.diagnostics.run"
+NEEDS_FILE = "tests.dashboard.needs_file"
 
 
 @pytest.fixture(scope="module")
@@ -158,29 +161,29 @@ def test_job_progress_moves_live_without_a_reload(
 
 
 def test_a_dead_letter_appears_live_and_replays_by_click(
-    page: Page, dashboard: str, admin: httpx.Client
+    page: Page, dashboard: str, admin: httpx.Client, tmp_path: Path
 ) -> None:
     page.goto(f"{dashboard}/dead-letters")
     mark_document(page)
-    # Two steps first: the letter arrives after the page is open.
-    job_id = submit_diagnostics(
-        admin, steps=2, step_seconds=0.5, fail_attempts=1, failure="permanent"
-    )
+    # The letter arrives after the page is open: a job that needs a file not made yet.
+    missing = tmp_path / "ready.txt"
+    job_id = submit(Submission(task_name=NEEDS_FILE, kwargs={"path": str(missing)}, owner="ops")).id
     row = page.locator(f'tr[data-job-id="{job_id}"]')
     expect(row).to_be_visible(timeout=MS)
     assert same_document(page), "the row came by a reload, not live"
+    expect(row).to_contain_text("does not exist")
     letter_id = row.get_attribute("data-letter-id")
 
+    missing.write_text("made by the operator")  # the cause, fixed
     row.get_by_role("button", name="Replay").click()
     page.wait_for_url(re.compile(r"/dashboard/jobs/[^/]+$"), timeout=MS)
     replay_id = opened_job_id(page)
     assert replay_id != job_id
     expect(page.locator(f'#live a[href$="/jobs/{job_id}"]')).to_be_visible()  # "Replay of"
-    # It ran, from attempt 1, and failed as its letter did (see the module's docstring).
-    expect(job_state(page)).to_have_text("dead", timeout=MS)
+    expect(job_state(page)).to_have_text("succeeded", timeout=MS)
     replay = admin.get(f"/api/v1/jobs/{replay_id}").json()
-    assert (replay["replay_of"], replay["attempts"]) == (job_id, 1)
-    assert replay["started_at"] is not None
+    assert (replay["replay_of"], replay["state"]) == (job_id, "succeeded")
+    assert replay["result"] == "found"
     letter = admin.get(f"/api/v1/dead-letters/{letter_id}").json()
     assert letter["replayed_job_id"] == replay_id
 
