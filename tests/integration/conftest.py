@@ -67,8 +67,9 @@ QUICK_REDELIVERY = {
 
 pytestmark = pytest.mark.integration
 
-# The ledgers the tests run on. `./dev test` runs one pytest per database side by side, each
-# on a Redis database of its own; the tests that take no database run in the first only.
+# The ledgers the tests run on (CONVEYOR_TEST_DATABASES=sqlite runs one). With
+# CONVEYOR_TEST_DATABASE_TESTS_ONLY=1 the tests that take no database are left out, so two
+# runs (one per database, each with its own CONVEYOR_TEST_REDIS_DB) cover the suite once.
 DATABASES = [
     name.strip()
     for name in os.environ.get("CONVEYOR_TEST_DATABASES", "sqlite,postgresql").split(",")

@@ -52,7 +52,7 @@ def test_the_sample_app_runs_its_own_task_on_its_own_queue(redis_url: str, tmp_p
             timeout=240,
         )
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-        assert "3 passed" in run.stdout
+        assert "4 passed" in run.stdout
 
         with psycopg.connect(database) as connection:
             tables = {

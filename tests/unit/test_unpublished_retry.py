@@ -41,3 +41,34 @@ def test_a_retry_the_broker_refuses_requeues_the_message(
         task.pop_request()
     # Celery alone would reject without requeue: the job would be gone.
     assert info.value.requeue is True
+
+
+class Tracked(ConveyorTask):
+    name = "tests.unit.tracked_retry"
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        raise TransientError("the provider timed out")
+
+
+def test_a_retry_the_ledger_cannot_record_does_not_fail_the_job(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry is already published when on_retry runs: a database gone at that moment must
+    not turn the job into a dead letter while its next attempt waits in the queue."""
+    from sqlalchemy.exc import OperationalError
+
+    from conveyor.core import task as task_module
+
+    calls: list[str] = []
+
+    def database_gone(*args: Any, **kwargs: Any) -> None:
+        calls.append("write")
+        raise OperationalError("UPDATE conveyor_jobs", {}, Exception("server closed"))
+
+    monkeypatch.setattr(task_module.ledger, "mark_retrying", database_gone)
+    monkeypatch.setattr("conveyor.core.db.RETRY_PAUSES", (0.0,))
+    task = get_celery().register_task(Tracked())
+    task.on_retry(TransientError("x"), "job-2", (), {}, None)
+    # Tried again once on a fresh connection, then given up with a warning, not raised.
+    assert calls == ["write", "write"]
+    assert "retrying not recorded" in caplog.text

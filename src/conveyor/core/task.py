@@ -475,9 +475,19 @@ class ConveyorTask(Task[..., Any]):
     ) -> None:
         if not self.track:
             return
-        with session_scope() as session:
-            job = ledger.mark_retrying(session, task_id, exc, _traceback_text(einfo))
-            self._after_transition(session, job)
+        traceback = _traceback_text(einfo)
+
+        def record() -> None:
+            with session_scope() as session:
+                job = ledger.mark_retrying(session, task_id, exc, traceback)
+                self._after_transition(session, job)
+
+        try:
+            retry_on_disconnect(record)
+        except Exception as error:
+            # The retry is already published: failing here would make the job a dead letter
+            # while its next attempt waits. The row stays `started` until that attempt begins.
+            log.warning("job %s: retrying not recorded: %s", task_id, error)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
