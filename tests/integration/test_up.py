@@ -170,7 +170,8 @@ def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     assert code == 0, output[-3000:]
     assert "Conveyor is up" in output
     assert f"Demo shop http://127.0.0.1:{demo_port}/ (to crawl" in output
-    assert f"Dashboard http://127.0.0.1:{port}/dashboard/ (sign in with a key" in output
+    assert re.search(rf"Dashboard http://127\.0\.0\.1:{port}/dashboard/\s", output)
+    assert "sign in with a key from: conveyor keys create NAME --admin" in output
     assert "stopped" in output
     time.sleep(0.5)
     assert not _port_open(port), "the API still listens after Ctrl-C"

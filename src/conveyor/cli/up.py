@@ -347,7 +347,8 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
     lines = [
         f"API       {base}",
         f"Docs      {base}/docs",
-        f"Dashboard {base}/dashboard/ (sign in with a key: conveyor keys create NAME --admin)",
+        f"Dashboard {base}/dashboard/",
+        "          sign in with a key from: conveyor keys create NAME --admin",
         f"Ready     {base}/health/ready",
         f"Metrics   {base}/metrics",
         f"Redis     {redis_note}",
