@@ -173,20 +173,14 @@ class StatsRecorder:
 
 def write(engine: Engine, figures: dict[Key, Figures]) -> None:
     """One upsert per (minute, queue) that adds to the row, in one transaction."""
-    key = [JOB_STATS.c.minute, JOB_STATS.c.queue]
-    statement: postgresql.Insert | sqlite.Insert
-    if engine.dialect.name == "postgresql":
-        statement = postgresql.insert(JOB_STATS)
-        statement = statement.on_conflict_do_update(
-            index_elements=key, set_=_added(statement.excluded)
-        )
-    elif engine.dialect.name == "sqlite":
-        statement = sqlite.insert(JOB_STATS)
-        statement = statement.on_conflict_do_update(
-            index_elements=key, set_=_added(statement.excluded)
-        )
-    else:
-        raise NotImplementedError(f"job figures need PostgreSQL or SQLite, not {engine.dialect}")
+    # The ledger is PostgreSQL or SQLite (the settings refuse any other URL); both dialects
+    # spell the upsert the same way.
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    inserted = dialect.insert(JOB_STATS)
+    statement = inserted.on_conflict_do_update(
+        index_elements=[JOB_STATS.c.minute, JOB_STATS.c.queue],
+        set_=_added(inserted.excluded),
+    )
     rows = [
         {"minute": minute, "queue": queue, **values.values}
         for (minute, queue), values in figures.items()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
@@ -139,52 +139,35 @@ async def _changes(
                 await asyncio.sleep(interval)
 
 
+# Each page's path and its view in VIEWS; path parameters reach the view by name.
+PAGES = (
+    ("/", "overview"),
+    ("/jobs", "jobs"),
+    ("/jobs/{job_id}", "job"),
+    ("/queues", "queues"),
+    ("/workers", "workers"),
+    ("/dead-letters", "dead-letters"),
+    ("/dead-letters/replay-matching", "replay-matching"),
+    ("/dead-letters/{letter_id}", "dead-letter"),
+    ("/schedules", "schedules"),
+    ("/webhooks", "webhooks"),
+    ("/payments-review", "payments-review"),
+)
+
+
+def _page(name: str) -> Callable[..., Awaitable[HTMLResponse]]:
+    async def page(request: Request, who: SignedInDep) -> HTMLResponse:
+        return await show(request, who, name, **request.path_params)
+
+    return page
+
+
 def build_router(hub: EventHub) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
-    @router.get("/", name="dashboard.overview")
-    async def overview(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "overview")
-
-    @router.get("/jobs")
-    async def jobs(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "jobs")
-
-    @router.get("/jobs/{job_id}")
-    async def job(job_id: str, request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "job", job_id=job_id)
-
-    @router.get("/queues")
-    async def queues(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "queues")
-
-    @router.get("/workers")
-    async def workers(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "workers")
-
-    @router.get("/dead-letters")
-    async def dead_letters(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "dead-letters")
-
-    @router.get("/dead-letters/replay-matching")
-    async def replay_matching(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "replay-matching")
-
-    @router.get("/dead-letters/{letter_id}")
-    async def dead_letter(letter_id: str, request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "dead-letter", letter_id=letter_id)
-
-    @router.get("/schedules")
-    async def schedules(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "schedules")
-
-    @router.get("/webhooks")
-    async def webhooks(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "webhooks")
-
-    @router.get("/payments-review")
-    async def payments_review(request: Request, who: SignedInDep) -> HTMLResponse:
-        return await show(request, who, "payments-review")
+    # Order matters: the fixed path before the one with a parameter that would take it.
+    for path, name in PAGES:
+        router.add_api_route(path, _page(name), methods=["GET"], name=f"dashboard.{name}")
 
     @router.get("/live/{name}")
     async def live(name: str, request: Request, who: SignedInDep) -> StreamingResponse:
