@@ -32,6 +32,9 @@ from conveyor.core.workloads import queues
 REDIS_HOST = os.environ.get("CONVEYOR_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("CONVEYOR_TEST_REDIS_PORT", "6379"))
 REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "13"))
+# For tests that run a whole system of their own (deployment files, supervisor) while the
+# session's stack may still be up: on one database, the stack's workers would take their jobs.
+SYSTEM_REDIS_DB = int(os.environ.get("CONVEYOR_TEST_SYSTEM_REDIS_DB", str((REDIS_DB + 1) % 16)))
 PG_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -128,6 +131,13 @@ def redis_url() -> str:
     if not _redis_reachable():
         pytest.skip(f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}")
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+
+
+@pytest.fixture(scope="session")
+def system_redis_url(redis_url: str) -> str:
+    """A Redis database apart from the stack's, which the test may flush."""
+    assert SYSTEM_REDIS_DB != REDIS_DB, "CONVEYOR_TEST_SYSTEM_REDIS_DB must differ"
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{SYSTEM_REDIS_DB}"
 
 
 @contextmanager

@@ -356,15 +356,15 @@ def _can_unshare() -> bool:
 
 
 @pytest.fixture
-def local(redis_url: str, tmp_path: Path) -> Iterator[Local]:
+def local(system_redis_url: str, tmp_path: Path) -> Iterator[Local]:
     if not _can_unshare():
         pytest.skip("needs `unshare --uts` (root or CAP_SYS_ADMIN) to give each pod its host name")
     with fresh_postgres_database("conveyor_deploy") as database_url:
-        # Our own Redis database (CONVEYOR_TEST_REDIS_DB), emptied so stale jobs stay out.
-        client = redis.Redis.from_url(redis_url)
+        # A Redis database apart from the stack's, emptied so stale jobs stay out.
+        client = redis.Redis.from_url(system_redis_url)
         client.flushdb()
         try:
-            yield Local(redis_url, database_url, tmp_path)
+            yield Local(system_redis_url, database_url, tmp_path)
         finally:
             client.flushdb()
 

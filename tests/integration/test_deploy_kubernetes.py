@@ -26,7 +26,7 @@ import yaml  # type: ignore[import-untyped]
 
 from conveyor.core import workloads
 from conveyor.core.queue_control import broker_keys
-from conveyor.core.settings import Settings
+from conveyor.core.settings import Settings, use_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -517,7 +517,11 @@ def api_paths() -> set[str]:
             database_url=f"sqlite:///{data_dir}/conveyor.db",
             data_dir=Path(data_dir),
         )
-        return set(create_app(settings).openapi()["paths"])
+        try:
+            return set(create_app(settings).openapi()["paths"])
+        finally:
+            # Building the app makes its settings the process's: later tests read their own.
+            use_settings(None)
 
 
 def _deployment(docs: list[Doc], name: str) -> Doc:

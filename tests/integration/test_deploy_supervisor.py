@@ -93,7 +93,7 @@ def live_workers(api_url: str) -> list[str]:
 
 
 @pytest.fixture
-def supervised(redis_url: str, tmp_path: Path) -> Iterator[Supervised]:
+def supervised(system_redis_url: str, tmp_path: Path) -> Iterator[Supervised]:
     for name in ("etc", "data", "log"):
         (tmp_path / name).mkdir()
     conf = tmp_path / "conveyor.conf"
@@ -124,10 +124,10 @@ files={conf}
         if not k.startswith("CONVEYOR_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
     port = free_port()
-    redis.Redis.from_url(redis_url).flushdb()
+    redis.Redis.from_url(system_redis_url).flushdb()
     with fresh_postgres_database("conveyor_deploy") as database_url:
         (tmp_path / "etc" / ".env").write_text(
-            f"CONVEYOR_REDIS_URL={redis_url}\n"
+            f"CONVEYOR_REDIS_URL={system_redis_url}\n"
             f"CONVEYOR_DATABASE_URL={database_url}\n"
             "CONVEYOR_API_HOST=127.0.0.1\n"
             f"CONVEYOR_API_PORT={port}\n"
@@ -150,7 +150,7 @@ files={conf}
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait()
-            redis.Redis.from_url(redis_url).flushdb()
+            redis.Redis.from_url(system_redis_url).flushdb()
 
 
 def job(client: httpx.Client, job_id: str) -> dict[str, Any]:

@@ -167,7 +167,13 @@ def test_overlap_policies_with_a_slow_task(
         for policy in ("skip", "queue_one", "allow")
     }
     start_scheduler("scheduler-overlap")
-    wait_for(lambda: count_runs(admin, ids["skip"]) >= 8, 30, "8 slots of the skip schedule")
+
+    def seen_enough() -> bool:
+        # A busy worker starts the first slow job late; the second skip run comes after it.
+        states = [run["state"] for run in all_runs(admin, ids["skip"])]
+        return len(states) >= 8 and states.count("queued") >= 2
+
+    wait_for(seen_enough, 90, "8 slots of the skip schedule, two of them queued")
     for schedule_id in ids.values():
         assert admin.post(f"/api/v1/schedules/{schedule_id}/pause").status_code == 200
     by_policy = {policy: all_runs(admin, ids[policy]) for policy in ids}
