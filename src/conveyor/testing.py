@@ -60,12 +60,11 @@ def wait_for_job(job_id: str, *, timeout: float = 30.0, states: set[str] | None 
 def drain(queue: str = "default", *, timeout: float = 30.0) -> int:
     """Wait until `queue` holds no message and none of its jobs is still queued, running or
     retrying; returns how many of its jobs the ledger holds in a final state."""
-    from conveyor.core.redis_client import get_redis
+    from conveyor.core import brokers
 
     deadline = time.monotonic() + timeout
-    broker_is_redis = get_settings().broker.startswith(("redis://", "rediss://"))
     while True:
-        waiting = int(get_redis().llen(queue)) if broker_is_redis else 0
+        waiting = brokers.queue_depths([queue], get_settings())[queue]
         with session_scope() as session:
             open_jobs = session.scalar(
                 select(func.count())

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from conveyor.core import api_keys, db
-from conveyor.core.celery_app import get_celery
+from conveyor.core.celery_app import celery_config, get_celery
 from conveyor.core.settings import get_settings
 from conveyor.core.workloads import queues
 
@@ -35,6 +35,7 @@ REDIS_DB = int(os.environ.get("CONVEYOR_TEST_REDIS_DB", "13"))
 # For tests that run a whole system of their own (deployment files, supervisor) while the
 # session's stack may still be up: on one database, the stack's workers would take their jobs.
 SYSTEM_REDIS_DB = int(os.environ.get("CONVEYOR_TEST_SYSTEM_REDIS_DB", str((REDIS_DB + 1) % 16)))
+RABBITMQ_URL = os.environ.get("CONVEYOR_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 PG_ADMIN_URL = os.environ.get(
     "CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -87,17 +88,41 @@ def stack_queues() -> list[str]:
     return [name for name in queues(get_settings()) if name != "scraping"]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests on the stack run on Redis as broker; `@pytest.mark.both_brokers` ones on
+    RabbitMQ too, and `@pytest.mark.rabbitmq` ones on RabbitMQ only."""
+    if "stack" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker
+        brokers = ["rabbitmq"] if marked("rabbitmq") else ["redis"]
+        if marked("both_brokers"):
+            brokers = ["redis", "rabbitmq"]
+        metafunc.parametrize("broker", brokers, indirect=True, scope="session")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`@pytest.mark.one_database`: a slow test whose subject is not the database (a worker
-    kill, an object store) runs on PostgreSQL only, to keep the suite short."""
+    kill, an object store) runs on PostgreSQL only, to keep the suite short; so does every
+    test on RabbitMQ."""
     if DATABASE_TESTS_ONLY:
         elsewhere = [item for item in items if "database_url" not in item.fixturenames]
         if elsewhere:
             config.hook.pytest_deselected(items=elsewhere)
             items[:] = [item for item in items if "database_url" in item.fixturenames]
-    for item in items:
+
+    def params(item: pytest.Item) -> dict[str, Any]:
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("database_url") == "sqlite"
+        return callspec.params if callspec is not None else {}
+
+    on_sqlite_and_rabbitmq = [
+        item
+        for item in items
+        if params(item).get("database_url") == "sqlite" and params(item).get("broker") == "rabbitmq"
+    ]
+    if on_sqlite_and_rabbitmq:
+        config.hook.pytest_deselected(items=on_sqlite_and_rabbitmq)
+        items[:] = [item for item in items if item not in on_sqlite_and_rabbitmq]
+    for item in items:
+        on_sqlite = params(item).get("database_url") == "sqlite"
         if item.get_closest_marker("one_database") and on_sqlite:
             item.add_marker(pytest.mark.skip(reason="one database is enough; runs on PostgreSQL"))
 
@@ -318,11 +343,50 @@ def _apply_env(env: dict[str, str]) -> None:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("CONVEYOR_")})
     get_settings.cache_clear()
+    app = get_celery()
+    if getattr(app, "configured", False):
+        # A stack on another broker: this process's app reads its configuration only once.
+        app.conf.update(celery_config(get_settings()))
+        app._pool = None
+        app.__dict__.pop("amqp", None)  # its queues and producers, built again on use
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The stack's broker URL: None for the Redis URL, else a RabbitMQ virtual host of the
+    run's own, created empty and deleted afterwards."""
+    if request.param == "redis":
+        yield None
+        return
+    host = RABBITMQ_URL.rsplit("@", 1)[-1].split("/")[0]
+    address, _, port = host.partition(":")
+    try:
+        socket.create_connection((address, int(port or 5672)), timeout=3).close()
+    except OSError as exc:
+        pytest.skip(f"RabbitMQ not reachable at {host}: {exc}")
+    vhost = f"conveyor-test-{REDIS_DB}"
+    _rabbitmqctl("delete_vhost", vhost)  # what an interrupted run left
+    created = _rabbitmqctl("add_vhost", vhost)
+    if created.returncode != 0:
+        pytest.skip(f"cannot create a RabbitMQ virtual host: {created.stderr.strip()[:200]}")
+    user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
+    _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    try:
+        yield f"{RABBITMQ_URL.rstrip('/')}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")
 def stack(
-    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    redis_url: str,
+    broker: str | None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     env = {
@@ -338,6 +402,8 @@ def stack(
             "CONVEYOR_REDIS_URL": redis_url,
         }
     )
+    if broker is not None:
+        env["CONVEYOR_BROKER_URL"] = broker
     _apply_env(env)
     redis.Redis.from_url(redis_url).flushdb()
 

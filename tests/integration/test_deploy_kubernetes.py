@@ -25,7 +25,7 @@ import typer
 import yaml  # type: ignore[import-untyped]
 
 from conveyor.core import workloads
-from conveyor.core.queue_control import broker_keys
+from conveyor.core.brokers import redis_list_keys
 from conveyor.core.settings import Settings, use_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def check_autoscaling(docs: list[Doc]) -> list[str]:
             triggers = scaled_objects[name]["spec"]["triggers"]
             lists = {t["metadata"].get("listName") for t in triggers if t["type"] == "redis"}
             # Conveyor sets no priorities: every job waits in the queue's first broker list.
-            wanted = {broker_keys(queue)[0] for queue in queues}
+            wanted = {redis_list_keys(queue)[0] for queue in queues}
             if lists != wanted:
                 problems.append(f"{name}: redis triggers watch {lists}, its queues are {wanted}")
             queries = [t["metadata"]["query"] for t in triggers if t["type"] == "prometheus"]

@@ -6,11 +6,13 @@ import json
 import time
 
 import httpx
+import pytest
 
 from conveyor.core.jobs import Submission, submit
 from tests.integration.conftest import Stack, dead_letter_of, submit_diagnostics, wait_for
 
 
+@pytest.mark.both_brokers
 def test_job_succeeds_with_progress_and_result(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=3, step_seconds=0.05)
     job = stack.wait_job(job_id, {"succeeded"})
@@ -24,6 +26,7 @@ def test_job_succeeds_with_progress_and_result(stack: Stack, admin: httpx.Client
     assert job["worker_host"].startswith("test-")
 
 
+@pytest.mark.both_brokers
 def test_transient_failures_retry_then_succeed(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=2)
     job = stack.wait_job(job_id, {"succeeded", "dead"})
@@ -32,6 +35,7 @@ def test_transient_failures_retry_then_succeed(stack: Stack, admin: httpx.Client
     assert job["result"] == {"steps": 1, "attempt": 3}
 
 
+@pytest.mark.both_brokers
 def test_retrying_state_is_visible_between_attempts(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit(Submission(task_name="tests.states.fail_once", kwargs={}, owner="ops")).id
     seen: set[str] = set()
@@ -47,6 +51,7 @@ def test_retrying_state_is_visible_between_attempts(stack: Stack, admin: httpx.C
     assert (job["attempts"], job["result"]) == (2, 2)
 
 
+@pytest.mark.both_brokers
 def test_permanent_failure_becomes_dead_letter(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(
         admin, steps=1, step_seconds=0, fail_attempts=1, failure="permanent"
@@ -65,6 +70,7 @@ def test_permanent_failure_becomes_dead_letter(stack: Stack, admin: httpx.Client
     assert "PermanentError" in detail["error"]["traceback"]
 
 
+@pytest.mark.both_brokers
 def test_exhausted_retries_become_dead_letter(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=1, step_seconds=0, fail_attempts=20)
     job = stack.wait_job(job_id, {"dead", "succeeded"}, timeout=60)
@@ -99,6 +105,7 @@ def test_replay_creates_linked_job(stack: Stack, admin: httpx.Client) -> None:
     assert admin.get(f"/api/v1/dead-letters/{letter['id']}").status_code == 404
 
 
+@pytest.mark.both_brokers
 def test_cancel_running_job_stops_it(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=100, step_seconds=0.1)
     wait_for(
@@ -119,6 +126,7 @@ def test_cancel_running_job_stops_it(stack: Stack, admin: httpx.Client) -> None:
     assert admin.delete(f"/api/v1/jobs/{job_id}").status_code == 409
 
 
+@pytest.mark.both_brokers
 def test_cancel_queued_job_never_runs(stack: Stack, admin: httpx.Client) -> None:
     # Countdown keeps the job queued long enough to cancel it before it starts.
     job = submit(

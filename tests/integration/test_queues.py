@@ -114,6 +114,7 @@ def _queue(client: httpx.Client, name: str) -> dict[str, Any]:
     return next(item for item in response.json()["items"] if item["name"] == name)
 
 
+@pytest.mark.both_brokers
 def test_a_paused_queue_keeps_its_jobs_until_resumed(stack: Stack, own_api: httpx.Client) -> None:
     with own_worker(stack, "qa") as node:
         _until(lambda: _queue(own_api, "qa")["consumers"] == [node], "the worker to show")

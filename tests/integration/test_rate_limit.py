@@ -132,6 +132,7 @@ def _completions(stack: Stack, run: str) -> list[dict[str, float]]:
     return [json.loads(item) for item in connection.lrange(f"test:limits:rate:{run}", 0, -1)]
 
 
+@pytest.mark.both_brokers
 @pytest.mark.one_database  # the limiter lives in Redis
 def test_rate_limited_task_shared_by_four_worker_processes(stack: Stack) -> None:
     missed = _rate_run(stack)

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import Stack, extra_api, submit_diagnostics, wait_for
 
 
+@pytest.mark.both_brokers
 @pytest.mark.one_database  # redelivery is the broker's
 def test_killed_worker_job_completes_on_second_attempt(stack: Stack, admin: httpx.Client) -> None:
     job_id = submit_diagnostics(admin, steps=12, step_seconds=0.25)

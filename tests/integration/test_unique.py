@@ -10,6 +10,7 @@ from multiprocessing.synchronize import Barrier as ProcessBarrier
 from typing import Any
 
 import httpx
+import pytest
 import redis
 from sqlalchemy import select
 
@@ -63,6 +64,7 @@ def _runs(stack: Stack, name: str) -> int:
     return int(client.get(f"test:limits:runs:{name}") or 0)
 
 
+@pytest.mark.both_brokers
 def test_fifty_concurrent_dispatches_make_one_job_and_one_run(stack: Stack) -> None:
     name = f"u-{uuid.uuid4().hex[:8]}"
     context = multiprocessing.get_context("spawn")
@@ -100,6 +102,7 @@ def test_fifty_concurrent_dispatches_make_one_job_and_one_run(stack: Stack) -> N
     assert _runs(stack, name) == 2
 
 
+@pytest.mark.both_brokers
 def test_cancelled_and_dead_jobs_free_their_key(stack: Stack, admin: httpx.Client) -> None:
     name = f"u-{uuid.uuid4().hex[:8]}"
     queued = submit(Submission(task_name=TASK, kwargs={"name": name}, countdown=60))

@@ -115,7 +115,7 @@ def test_an_empty_platform_url_counts_as_unset(monkeypatch: pytest.MonkeyPatch, 
         (
             "REDIS_URL",
             "http://cache:6379",
-            "invalid configuration: REDIS_URL: must be a redis://, rediss:// or amqp:// URL; "
+            "invalid configuration: REDIS_URL: must be a redis://, rediss:// or sentinel:// URL; "
             "or set CONVEYOR_REDIS_URL, which wins",
         ),
         (

@@ -22,8 +22,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import RedisError
 
+from conveyor.core.redis_client import sentinel_nodes
 from conveyor.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -122,13 +124,13 @@ class EventHub:
     async def _connected(self) -> PubSub:
         if self._pubsub is None:
             url = self._url or get_settings().redis
-            self._client = aioredis.Redis.from_url(
-                url,
-                decode_responses=True,
-                client_name=self.client_name,
-                socket_connect_timeout=5,
-                socket_keepalive=True,
-            )
+            options: dict[str, Any] = {
+                "decode_responses": True,
+                "client_name": self.client_name,
+                "socket_connect_timeout": 5,
+                "socket_keepalive": True,
+            }
+            self._client = _async_client(url, options)
             self._pubsub = self._client.pubsub()
             await self._pubsub.connect()  # type: ignore[no-untyped-call]
             self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
@@ -187,3 +189,15 @@ class EventHub:
         if self._client is not None:
             await self._client.aclose()
         self._reset()
+
+
+def _async_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    if not url.startswith("sentinel://"):
+        return aioredis.Redis.from_url(url, **options)
+    # The master the Sentinels name, as for every other Redis client (redis_client.connect).
+    nodes, db, password = sentinel_nodes(url)
+    sentinel = AsyncSentinel(nodes, socket_connect_timeout=5, password=password)  # type: ignore[no-untyped-call]
+    master: aioredis.Redis = sentinel.master_for(
+        str(get_settings().redis_sentinel_master), db=db, password=password, **options
+    )
+    return master

@@ -7,11 +7,10 @@ from rich.table import Table
 
 from conveyor.cli.render import AsJson, letter_json, make_console, print_json, state, when
 from conveyor.cli.system import describe, ledger_session, require_broker
-from conveyor.core import dead_letters, ledger
+from conveyor.core import brokers, dead_letters, ledger
 from conveyor.core.celery_app import get_celery
 from conveyor.core.health import live_workers
 from conveyor.core.redaction import safe_url
-from conveyor.core.redis_client import get_redis
 from conveyor.core.settings import Settings, get_settings
 from conveyor.core.workloads import queues
 
@@ -50,10 +49,8 @@ def status(as_json: AsJson = False) -> None:
         system.add_row(label, value)
     console.print(system)
     queue_table = Table("queue", "waiting", title="Queues")
-    for queue, waiting in (depths or {}).items():
+    for queue, waiting in depths.items():
         queue_table.add_row(queue, str(waiting))
-    if depths is None:
-        queue_table.add_row("(broker is not Redis)", "")
     console.print(queue_table)
 
     workers = Table("worker", "active jobs", title="Workers")
@@ -82,12 +79,9 @@ def status(as_json: AsJson = False) -> None:
         raise typer.Exit(1)
 
 
-def _queue_depths(settings: Settings) -> dict[str, int] | None:
-    """Messages waiting per queue; None when the broker is not Redis and cannot say."""
-    if not settings.broker.startswith(("redis://", "rediss://")):
-        return None
-    client = get_redis()
-    return {queue: int(client.llen(queue)) for queue in queues(settings)}
+def _queue_depths(settings: Settings) -> dict[str, int]:
+    """Messages waiting per queue."""
+    return brokers.queue_depths(queues(settings), settings)
 
 
 def _system(settings: Settings) -> dict[str, object]:

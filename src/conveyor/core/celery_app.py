@@ -10,9 +10,8 @@ from typing import Any
 
 from celery import Celery
 from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
-from kombu import Queue
 
-from conveyor.core import workloads
+from conveyor.core import brokers, workloads
 from conveyor.core.settings import Settings, SettingsError, get_settings
 
 _lock = threading.Lock()
@@ -61,18 +60,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
         "broker_transport_options": {
-            # Redis redelivers an unacknowledged message after this; above any task's limit.
-            "visibility_timeout": settings.visibility_timeout,
-            # How often workers sweep for messages a dead worker held.
-            "unacked_restore_interval": settings.unacked_restore_interval,
-            "unacked_restore_throttle": 1,
-            # A worker killed during a sweep leaves its sweep lock behind; kombu's 5 minutes
-            # would hold back every redelivery that long. A sweep takes milliseconds.
-            "unacked_mutex_expire": 30,
-            # Above the 1 s queue poll (BRPOP), far below "hung": a frozen Redis is noticed.
-            "socket_timeout": max(5.0, settings.redis_timeout_seconds),
-            "socket_connect_timeout": settings.redis_timeout_seconds,
+            **brokers.transport_options(settings),
+            **_sentinel_options(settings.broker, settings),
         },
+        "result_backend_transport_options": _sentinel_options(settings.result_backend, settings),
         # The result backend too (Celery's default waits two minutes on a frozen Redis).
         "redis_socket_timeout": max(5.0, settings.redis_timeout_seconds),
         "redis_socket_connect_timeout": settings.redis_timeout_seconds,
@@ -90,7 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_max_tasks_per_child": settings.worker_max_tasks_per_child,
         "worker_max_memory_per_child": settings.worker_max_memory_per_child_kib,
         "worker_concurrency": settings.worker_concurrency,
-        "task_queues": [Queue(name, routing_key=name) for name in workloads.queues(settings)],
+        "task_queues": brokers.declared_queues(workloads.queues(settings), settings),
         "task_default_queue": "default",
         "task_default_routing_key": "default",
         "task_create_missing_queues": False,
@@ -123,6 +114,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _sentinel_options(url: str, settings: Settings) -> dict[str, Any]:
+    if not url.startswith("sentinel://"):
+        return {}
+    # kombu and Celery ask the Sentinels for this master, and follow it when it fails over.
+    return {"master_name": settings.redis_sentinel_master}
+
+
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured now, from `settings`, made the current app."""
     settings = settings or get_settings()
@@ -151,6 +149,10 @@ class SettingsConfiguredCelery(Celery):
         queue = options.get("queue")
         if queue:
             workloads.require_queue(getattr(queue, "name", queue), name, get_settings())
+        countdown = options.get("countdown")
+        if countdown and 0 < countdown < 1 and brokers.is_amqp(get_settings().broker_url or ""):
+            # RabbitMQ holds delays in whole seconds, and refuses a delay that rounds to 0.
+            options["countdown"] = 1
         return super().send_task(name, *args, **options)
 
     def finalize(self, auto: bool = False) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import redis
 from celery import Celery
 
-from conveyor.core import db
+from conveyor.core import brokers, db
 from conveyor.core.celery_app import get_celery
+from conveyor.core.redis_client import connect
 from conveyor.core.settings import Settings, get_settings
 
 WORKER_PING_TIMEOUT = 1.0
@@ -20,10 +21,14 @@ def check_database(settings: Settings | None = None) -> str | None:
     return None
 
 
-def check_redis(url: str, what: str, timeout: float) -> str | None:
+def check_redis(
+    url: str, what: str, timeout: float, settings: Settings | None = None
+) -> str | None:
     """A real round trip: a frozen Redis accepts connections but never answers them."""
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = connect(
+            url, settings or get_settings(), socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         try:
             client.ping()
         finally:
@@ -35,8 +40,8 @@ def check_redis(url: str, what: str, timeout: float) -> str | None:
 
 def check_broker(app: Celery | None = None, settings: Settings | None = None) -> str | None:
     settings = settings or get_settings()
-    if settings.broker.startswith(("redis://", "rediss://")):
-        return check_redis(settings.broker, "broker", settings.redis_timeout_seconds)
+    if brokers.is_redis(settings.broker):
+        return check_redis(settings.broker, "broker", settings.redis_timeout_seconds, settings)
     app = app or get_celery()
     try:
         with app.connection_for_write() as connection:
@@ -68,5 +73,7 @@ def readiness(settings: Settings | None = None) -> dict[str, str | None]:
     settings = settings or get_settings()
     checks = {"database": check_database(settings), "broker": check_broker(settings=settings)}
     if settings.redis != settings.broker:
-        checks["redis"] = check_redis(settings.redis, "redis", settings.redis_timeout_seconds)
+        checks["redis"] = check_redis(
+            settings.redis, "redis", settings.redis_timeout_seconds, settings
+        )
     return checks

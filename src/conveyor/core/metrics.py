@@ -92,9 +92,9 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
+        from conveyor.core import brokers
         from conveyor.core.db import session_scope
         from conveyor.core.models import Job
-        from conveyor.core.redis_client import get_redis
         from conveyor.core.settings import get_settings
         from conveyor.core.workloads import queues
 
@@ -115,13 +115,12 @@ class LedgerCollector(Collector):
         depth = GaugeMetricFamily(
             "conveyor_queue_depth", "Messages waiting in each queue.", labels=["queue"]
         )
-        if get_settings().broker.startswith(("redis://", "rediss://")):
-            try:
-                client = get_redis()
-                for queue in queues(get_settings()):
-                    depth.add_metric([queue], client.llen(queue))
-            except Exception as exc:
-                log.warning("queue depth unavailable: %s", exc)
+        try:
+            names = queues(get_settings())
+            for queue, count in brokers.queue_depths(names, get_settings()).items():
+                depth.add_metric([queue], count)
+        except Exception as exc:
+            log.warning("queue depth unavailable: %s", exc)
         yield depth
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from conveyor.core import db, workloads
 from conveyor.core.redaction import safe_url
+from conveyor.core.redis_client import connect
 from conveyor.core.settings import Settings, SettingsError, get_settings, section
 from conveyor.core.storage import require_s3
 
@@ -46,7 +47,7 @@ def require_database(settings: Settings | None = None) -> None:
 def require_redis(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     try:
-        client = redis.Redis.from_url(settings.redis, socket_connect_timeout=3, socket_timeout=3)
+        client = connect(settings.redis, settings, socket_connect_timeout=3, socket_timeout=3)
         client.ping()
         client.close()
     except ValueError as exc:

@@ -13,11 +13,10 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from sqlalchemy import String, literal_column, select
 from sqlalchemy.orm import Session
 
-from conveyor.core import heartbeat, workloads
+from conveyor.core import brokers, heartbeat, workloads
 from conveyor.core.ledger import as_utc
 from conveyor.core.models import Job, JobState, utcnow
 from conveyor.core.operations_models import PausedQueue
@@ -182,27 +181,8 @@ def _oldest_waiting(session: Session, queue: str) -> datetime | None:
 def _depths(
     names: list[str], redis_client: redis.Redis, settings: Settings
 ) -> dict[str, int] | None:
-    if not settings.broker.startswith(("redis://", "rediss://")):
-        return None
-    client = redis_client
-    own = settings.broker != settings.redis
-    if own:
-        client = redis.Redis.from_url(
-            settings.broker, socket_timeout=settings.redis_timeout_seconds
-        )
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for name in names:
-                for key in broker_keys(name):
-                    pipe.llen(key)
-            sizes = iter(pipe.execute())
-        return {name: sum(int(next(sizes)) for _ in PRIORITY_STEPS) for name in names}
-    finally:
-        if own:
-            client.close()
-
-
-def broker_keys(queue: str) -> list[str]:
-    """The Redis lists kombu keeps a queue in: the queue itself (priority 0), then one per
-    priority step (Conveyor sets no priority_steps, so kombu's defaults apply)."""
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]
+        return brokers.queue_depths(names, settings, redis_client=redis_client)
+    except Exception as exc:  # redis, kombu and socket errors alike: the rest still shows
+        log.warning("queue depths unavailable: %s", exc)
+        return None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import redis
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from conveyor.core.settings import Settings, get_settings
 
@@ -27,8 +29,9 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = redis.Redis.from_url(
+                client = connect(
                     settings.redis,
+                    settings,
                     connection_class=_OutageNoting,
                     decode_responses=True,
                     # Short: a frozen Redis must fail a request in seconds, not hang it.
@@ -38,6 +41,39 @@ def get_redis(settings: Settings | None = None) -> redis.Redis:
                 )
                 _clients[key] = client
     return client
+
+
+def connect(url: str, settings: Settings, **options: Any) -> redis.Redis:
+    """A client for a redis:// or rediss:// URL, or for the master that the Sentinels of a
+    sentinel:// URL name (`sentinel://h1:26379;sentinel://h2:26379/0`, as kombu writes it)."""
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, **options)
+    nodes, db, password = sentinel_nodes(url)
+    timeout = options.get("socket_connect_timeout", settings.redis_timeout_seconds)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        nodes, socket_timeout=timeout, socket_connect_timeout=timeout, password=password
+    )
+    if options.pop("connection_class", None) is not None:
+        # The master's address comes from the Sentinels, through their own connection class.
+        options["connection_class"] = _SentinelOutageNoting
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        str(settings.redis_sentinel_master), db=db, password=password, **options
+    )
+    return master
+
+
+def sentinel_nodes(url: str) -> tuple[list[tuple[str, int]], int, str | None]:
+    """The Sentinels' addresses, the database and the password of a sentinel:// URL."""
+    nodes = []
+    db = 0
+    password = None
+    for part in url.split(";"):
+        parsed = urlsplit(part.strip())
+        nodes.append((parsed.hostname or "127.0.0.1", parsed.port or 26379))
+        password = parsed.password or password
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+    return nodes, db, password
 
 
 def job_channel(job_id: str) -> str:
@@ -78,13 +114,20 @@ def fail_fast_during_outages() -> None:
     _fail_fast = True
 
 
-class _OutageNoting(redis.Connection):
-    """A connection that notes when Redis stops answering: a connect that fails, or a reply
-    that times out. A connection the server closed is not an outage (the next one works)."""
+# Typed as the connection the mixin is combined with; at run time a plain mixin.
+if TYPE_CHECKING:
+    _ConnectionBase = redis.Connection
+else:
+    _ConnectionBase = object
+
+
+class _NotesOutages(_ConnectionBase):
+    """Notes when Redis stops answering: a connect that fails, or a reply that times out. A
+    connection the server closed is not an outage (the next one works)."""
 
     def connect(self) -> None:
         try:
-            super().connect()  # type: ignore[no-untyped-call]
+            super().connect()  # type: ignore[no-untyped-call,unused-ignore]
         except (redis.ConnectionError, redis.TimeoutError):
             note_outage()
             raise
@@ -105,3 +148,11 @@ def note_outage(hold: float = OUTAGE_HOLD_SECONDS) -> None:
 def outage_remaining() -> float:
     """Seconds this process still treats Redis as away (0: try it)."""
     return max(0.0, _outage_until - time.monotonic())
+
+
+class _OutageNoting(_NotesOutages, redis.Connection):
+    pass
+
+
+class _SentinelOutageNoting(_NotesOutages, SentinelManagedConnection):
+    pass

@@ -23,6 +23,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from conveyor.core import runtime
 from conveyor.core.runtime import Runtime
 
+REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
 # The names Heroku, Render and Railway give the URLs they inject; the CONVEYOR_ ones win.
 PLATFORM_URLS = {"redis_url": "REDIS_URL", "database_url": "DATABASE_URL"}
 
@@ -81,16 +84,24 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description=(
-            "Redis for progress and cancel flags; unset: REDIS_URL, else that of a running "
+            "Redis for progress and cancel flags (redis://, rediss://, or sentinel:// with "
+            "CONVEYOR_REDIS_SENTINEL_MASTER); unset: REDIS_URL, else that of a running "
             "`conveyor up`."
         ),
     )
     broker_url: str | None = Field(
         default=None,
-        description="Celery broker (amqp:// for RabbitMQ works too); unset: the Redis URL.",
+        description="Celery broker: a Redis URL, or amqp:// for RabbitMQ; unset: the Redis URL.",
     )
     result_backend_url: str | None = Field(
         default=None, description="Celery results (chords need them); unset: the Redis URL."
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description=(
+            "The master name the Sentinels of a sentinel:// URL watch "
+            "(sentinel://host:26379;sentinel://host2:26379/0)."
+        ),
     )
     database_url: str | None = Field(
         default=None,
@@ -470,13 +481,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a lowercase name of letters, digits and _ (like conveyor)")
         return value.strip()
 
-    @field_validator("redis_url", "broker_url", "result_backend_url")
+    @field_validator("redis_url", "result_backend_url")
+    @classmethod
+    def _a_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(REDIS_SCHEMES):
+            raise ValueError("must be a redis://, rediss:// or sentinel:// URL")
+        return value
+
+    @field_validator("broker_url")
     @classmethod
     def _known_broker(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
-            raise ValueError("must be a redis://, rediss:// or amqp:// URL")
+        if value is not None and not value.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
+            raise ValueError("must be a redis://, rediss://, sentinel:// or amqp:// URL")
         return value
 
     @field_validator("public_base_url")
@@ -507,6 +523,18 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _sentinel_has_a_master(self) -> Self:
+        urls = (self.redis_url, self.broker_url, self.result_backend_url)
+        if self.redis_sentinel_master is None and any(
+            url and url.startswith("sentinel://") for url in urls
+        ):
+            raise ValueError(
+                "a sentinel:// URL needs CONVEYOR_REDIS_SENTINEL_MASTER, the master name "
+                "its Sentinels watch"
+            )
+        return self
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Self:

@@ -27,6 +27,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "redis_url",
         "broker_url",
         "result_backend_url",
+        "redis_sentinel_master",
         "database_url",
         "database_schema",
         "db_pool_size",

@@ -103,7 +103,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from conveyor.core import heartbeat, job_stats, task_metrics, worker_queues
+    from conveyor.core import brokers, heartbeat, job_stats, task_metrics, worker_queues
 
     signals.worker_process_init.connect(_reset_process_state, weak=False)
     signals.before_task_publish.connect(task_metrics.stamp_enqueue_time, weak=False)
@@ -118,6 +118,7 @@ def install() -> None:
     signals.worker_ready.connect(task_metrics.serve_worker_metrics, weak=False)
     # After -Q is applied, before the consumer starts: paused queues are left out.
     signals.worker_init.connect(worker_queues.leave_out_paused, weak=False)
+    signals.worker_init.connect(brokers.declare_every_queue, weak=False)
     signals.worker_ready.connect(heartbeat.start, weak=False)
     signals.worker_shutdown.connect(heartbeat.stop, weak=False)
     signals.setup_logging.connect(_take_over_logging, weak=False)

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import case, literal, update
 from sqlalchemy.orm import Session
 
-from conveyor.core import dead_letters, ledger, locks, outcomes, rate_limit, unique
+from conveyor.core import brokers, dead_letters, ledger, locks, outcomes, rate_limit, unique
 from conveyor.core.celery_app import queue_for
 from conveyor.core.db import autocommit, retry_on_disconnect, session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
@@ -45,6 +45,9 @@ MAX_WAIT_DELAY = 60.0
 MIN_WAIT_DELAY = 0.05
 # Waits this short are slept in place: cheaper than re-publishing, and more precise.
 SLEEP_IN_PLACE = 0.05
+# RabbitMQ delays messages in whole seconds: a shorter wait is slept in place there, and a
+# longer one's fraction is slept when the job comes back.
+SLEEP_IN_PLACE_AMQP = 1.0
 # A booked rate-limit slot is honoured this long after its time (scheduling jitter); a job
 # later than that (a busy or restarted worker) asks the limiter again, so late jobs never
 # bunch up into a burst above the rate.
@@ -326,7 +329,7 @@ class ConveyorTask(Task[..., Any]):
             raise
         if delay <= 0:
             return lock
-        if ticket is not None and delay <= SLEEP_IN_PLACE:
+        if ticket is not None and delay <= sleep_in_place_limit():
             time.sleep(delay)  # a booked slot moments away
             return lock
         if lock is not None:
@@ -369,9 +372,14 @@ class ConveyorTask(Task[..., Any]):
         """
         request = self.request
         delay = min(max(delay, MIN_WAIT_DELAY), self.max_wait_delay())
-        if request.is_eager:
-            # apply() / task_always_eager: a re-publish would run at once, recursively.
+        whole_seconds = sleep_in_place_limit() >= 1
+        if request.is_eager or (whole_seconds and delay < 1 and not started):
+            # apply() / task_always_eager: a re-publish would run at once, recursively. On
+            # RabbitMQ, a wait before the job starts that is shorter than its delays.
             raise _WaitInPlace(delay)
+        if whole_seconds:
+            # Early rather than late: a booked slot's remainder is slept when the job is back.
+            delay = max(1.0, float(int(delay)))
         headers = dict(request.headers or {})
         headers[HEADER_RECORDED] = "1"
         headers[HEADER_WAITING] = reason
@@ -585,6 +593,13 @@ class ConveyorTask(Task[..., Any]):
             outcomes.emit({**snapshot, "owner": job.owner})
         if finished_parent:
             outcomes.emit(finished_parent)
+
+
+def sleep_in_place_limit() -> float:
+    """The longest wait slept in the worker rather than re-published to the broker."""
+    # broker_url, not broker: unset, the broker is the Redis URL, whatever that is.
+    on_amqp = brokers.is_amqp(get_settings().broker_url or "")
+    return SLEEP_IN_PLACE_AMQP if on_amqp else SLEEP_IN_PLACE
 
 
 class _WaitInPlace(Exception):
