@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 from sqlalchemy import select, update
 
-from conveyor.core import heartbeat, ledger, outcomes, workloads
+from conveyor.core import brokers, heartbeat, ledger, outcomes, workloads
 from conveyor.core.celery_app import get_celery
 from conveyor.core.db import session_scope
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
@@ -135,7 +135,7 @@ def reconcile(app: Celery | None = None, settings: Settings | None = None) -> di
         for worker in heartbeat.live_workers().values()
         for job_id in worker.get("held", [])
     }
-    broker = RedisBroker(app) if settings.broker.startswith(("redis://", "rediss://")) else None
+    broker = RedisBroker(app) if brokers.is_redis(settings.broker) else None
     view: BrokerView | None = None
     if broker is not None:
         cutoff = utcnow().timestamp() - settings.worker_lost_after_seconds

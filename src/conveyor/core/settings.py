@@ -633,9 +633,9 @@ def describe_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         loc = "_".join(str(part) for part in item["loc"]).upper()
-        name = f"CONVEYOR_{loc}" if loc else "configuration"
         message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"{name}: {message}")
+        # A rule across settings names them in its message.
+        lines.append(f"CONVEYOR_{loc}: {message}" if loc else message)
     return "; ".join(lines)
 
 
