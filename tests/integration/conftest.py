@@ -351,7 +351,7 @@ def _apply_env(env: dict[str, str]) -> None:
         app.__dict__.pop("amqp", None)  # its queues and producers, built again on use
 
 
-def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=60)
 
 
@@ -369,16 +369,16 @@ def broker(request: pytest.FixtureRequest) -> Iterator[str | None]:
     except OSError as exc:
         pytest.skip(f"RabbitMQ not reachable at {host}: {exc}")
     vhost = f"conveyor-test-{REDIS_DB}"
-    _rabbitmqctl("delete_vhost", vhost)  # what an interrupted run left
-    created = _rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("delete_vhost", vhost)  # what an interrupted run left
+    created = rabbitmqctl("add_vhost", vhost)
     if created.returncode != 0:
         pytest.skip(f"cannot create a RabbitMQ virtual host: {created.stderr.strip()[:200]}")
     user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
-    _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
     try:
         yield f"{RABBITMQ_URL.rstrip('/')}/{vhost}"
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,15 @@ from conveyor.core.celery_app import get_celery
 from conveyor.core.jobs import Submission, submit
 from conveyor.core.settings import get_settings
 from conveyor.core.workloads import queues
-from tests.integration.conftest import Stack, wait_for
+from tests.integration.conftest import (
+    RABBITMQ_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    SYSTEM_REDIS_DB,
+    Stack,
+    rabbitmqctl,
+    wait_for,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -88,3 +100,43 @@ def test_a_sub_second_retry_delay_is_published(stack: Stack, admin: httpx.Client
         )
     )
     assert stack.wait_job(job.id, {"succeeded", "dead"})["state"] == "succeeded"
+
+
+def test_a_delayed_job_submitted_before_any_worker_ran_arrives(tmp_path: Path) -> None:
+    """The delay exchanges are made by whoever publishes first, not only by workers."""
+    vhost = f"conveyor-fresh-{uuid.uuid4().hex[:8]}"
+    if rabbitmqctl("add_vhost", vhost).returncode != 0:
+        pytest.skip("cannot create a RabbitMQ virtual host (rabbitmqctl)")
+    try:
+        user = RABBITMQ_URL.split("://", 1)[1].split(":", 1)[0]
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+            "CONVEYOR_REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{SYSTEM_REDIS_DB}",
+            "CONVEYOR_BROKER_URL": f"{RABBITMQ_URL.rstrip('/')}/{vhost}",
+            "CONVEYOR_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "CONVEYOR_DATA_DIR": str(tmp_path),
+        }
+        conveyor = str(Path(sys.executable).parent / "conveyor")
+        subprocess.run([conveyor, "db", "upgrade"], env=env, check=True, capture_output=True)
+        script = (
+            "from conveyor.core.jobs import Submission, submit\n"
+            "submit(Submission(task_name='conveyor.diagnostics.run', countdown=2))\n"
+        )
+        submitted = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+
+        def waiting_in_default() -> bool:
+            rows = subprocess.run(
+                ["rabbitmqctl", "-q", "--no-table-headers", "list_queues", "-p", vhost],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.splitlines()
+            return "default\t1" in rows
+
+        wait_for(waiting_in_default, 20, "the delayed job to reach `default`", interval=0.5)
+    finally:
+        rabbitmqctl("delete_vhost", vhost)

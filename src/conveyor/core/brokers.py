@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from kombu import Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from conveyor.core.settings import AMQP_SCHEMES, REDIS_SCHEMES, Settings
@@ -116,13 +120,32 @@ def _amqp_depths(names: list[str], app: Any) -> dict[str, int]:
 
 
 def declare_every_queue(sender: Any = None, **_: Any) -> None:
-    """At a worker's start, on RabbitMQ: declare every Conveyor queue, also those this worker
-    does not consume. Celery then binds them all to its delayed-delivery exchanges; a queue
-    missing at that moment would never receive its delayed jobs (retries, waits)."""
+    """At a worker's start, on RabbitMQ: every Conveyor queue, also those this worker does
+    not consume, declared and bound to the delayed-delivery exchanges. A queue missing then
+    would never receive its delayed jobs (retries, waits)."""
     app = getattr(sender, "app", None)
-    if app is None or not is_amqp(str(app.conf.broker_url)):
+    if app is not None and is_amqp(str(app.conf.broker_url)):
+        prepare_delays(app)
+
+
+# Broker URLs this process has prepared delays on.
+_delays_prepared: set[str] = set()
+
+
+def prepare_delays(app: Any) -> None:
+    """On RabbitMQ, once per process: Celery's delayed-delivery exchanges and queues exist,
+    and every Conveyor queue is declared and bound to them. Workers prepare them at start; a
+    process that publishes a delayed job first (an API before any worker ever ran) would
+    otherwise publish to an exchange that does not exist yet."""
+    url = str(app.conf.broker_url)
+    if url in _delays_prepared:
         return
     with app.connection_for_write() as connection:
+        declare_native_delayed_delivery_exchanges_and_queues(
+            connection, app.conf.broker_native_delayed_delivery_queue_type
+        )
         channel = connection.default_channel
         for queue in app.amqp.queues.values():
             queue(channel).declare()
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    _delays_prepared.add(url)

@@ -150,9 +150,11 @@ class SettingsConfiguredCelery(Celery):
         if queue:
             workloads.require_queue(getattr(queue, "name", queue), name, get_settings())
         countdown = options.get("countdown")
-        if countdown and 0 < countdown < 1 and brokers.is_amqp(get_settings().broker_url or ""):
-            # RabbitMQ holds delays in whole seconds, and refuses a delay that rounds to 0.
-            options["countdown"] = 1
+        if (countdown or options.get("eta")) and brokers.is_amqp(get_settings().broker_url or ""):
+            brokers.prepare_delays(self)
+            if countdown and 0 < countdown < 1:
+                # RabbitMQ holds delays in whole seconds, and refuses one that rounds to 0.
+                options["countdown"] = 1
         return super().send_task(name, *args, **options)
 
     def finalize(self, auto: bool = False) -> None:
