@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.core import preflight
 from conveyor.core.preflight import require_database
 from conveyor.core.redaction import safe_url
 from conveyor.core.settings import Settings, SettingsError, get_settings
@@ -87,3 +88,18 @@ def test_require_database_reads_the_environment_by_default(
     message = one_line_error()
     assert "env-user:***@127.0.0.1:1" in message
     assert "envpass" not in message
+
+
+def test_task_modules_are_checked_before_redis_is_known_with_a_broker_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """`conveyor up` with only CONVEYOR_BROKER_URL set checks the task modules before it
+    starts its embedded Redis: the missing Redis URL is not an error yet."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        broker_url="amqp://guest:guest@127.0.0.1:5672//",
+        data_dir=tmp_path,
+    )
+    with pytest.raises(SettingsError):
+        _ = settings.result_backend  # what configuring the Celery app would need
+    preflight.require_task_modules(settings)  # returns: nothing to check against yet

@@ -107,7 +107,8 @@ def _require_declared_queues(settings: Settings) -> None:
     from conveyor.core.celery_app import get_celery
 
     try:
-        _ = settings.broker  # reading the tasks' options configures the app
+        # Reading the tasks' options configures the app, which needs both URLs.
+        _ = (settings.broker, settings.result_backend)
     except SettingsError:
         return  # nothing to send to yet: the caller reports that on its own
     declared = workloads.queues(settings)
