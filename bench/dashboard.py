@@ -31,32 +31,26 @@ overview's last hour is full again; its jobs and dead letters stay as they were.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-# A sibling script named like a standard module (email.py) must not shadow it here.
+import httpx
+import psycopg
+from psycopg import sql
+
+from _common import free_port, percentile, tail
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
-sys.path.append(str(BENCH_DIR))
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import parse_qsl, urlsplit  # noqa: E402
-
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
-
-from _common import free_port, percentile, tail  # noqa: E402
-
 ROOT = BENCH_DIR.parent
 CONVEYOR = str(ROOT / ".venv" / "bin" / "conveyor")
 TARGET_MS = 200.0

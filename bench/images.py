@@ -38,14 +38,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import shared_task
+
 BENCH_DIR = Path(__file__).resolve().parent
-# A sibling script named like a standard module (email.py) must not shadow it here.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
-
-from celery import shared_task  # noqa: E402
-
-# Workers import this file as their task module under this name, from a directory of its
-# own rather than bench/, for the same reason.
+# Workers import this file as their task module under this name, from the run's directory
+# rather than bench/: a name no other module has, and no other bench script on their path.
 TASK_MODULE = "conveyor_bench_images"
 PYTHON = sys.executable
 PILLOW_TASK = "bench.images.pillow_variants"

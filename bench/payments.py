@@ -20,32 +20,26 @@ charges for N payments.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
-# Python puts this folder first on the path; a script here named like a standard module
-# (bench/email.py) would shadow it for httpx. Third-party imports first, then _common.
-_BENCH_DIR = sys.path.pop(0)
+import httpx
+import psycopg
+import redis
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import random  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-
-sys.path.insert(0, _BENCH_DIR)
-from _common import free_port, percentile, tail  # noqa: E402
+from _common import free_port, percentile, tail
 
 PYTHON = sys.executable
 PG_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -20,6 +20,10 @@ PARTS = ("reliability_limits.py", "reliability_idempotency.py")
 
 
 def main() -> int:
+    ours = sys.argv[1 : sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]
+    if "-h" in ours or "--help" in ours:
+        print(__doc__)
+        return 0
     extra = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     status = 0
     for part in PARTS:

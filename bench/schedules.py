@@ -29,16 +29,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-# A sibling script named like a standard module (email.py) must not shadow it here.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
-sys.path.insert(0, str(BENCH_DIR))
+import psycopg
+import redis
+import sqlalchemy as sa
 
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from _common import percentile, tail  # noqa: E402
+from _common import percentile, tail
 
 QUEUE = "bench_schedules"
 TASK = "bench.schedules.noop"

@@ -44,43 +44,37 @@ temporary directory). Prints a table, the ratios and a JSON line of every figure
 
 from __future__ import annotations
 
+import argparse
+import atexit
+import bisect
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-# This directory holds email.py, named like the standard library's email package (which
-# http.server needs): look for modules here after the standard library, not before it.
+import httpx
+import psycopg
+import redis
+
+from _common import free_port, percentile, tail
+
 BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH_DIR]
-sys.path.append(str(BENCH_DIR))
-
-import argparse  # noqa: E402
-import atexit  # noqa: E402
-import bisect  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import socketserver  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Iterable, Iterator  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-from typing import Any  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
-
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-
-from _common import free_port, percentile, tail  # noqa: E402
-
 PYTHON = sys.executable
 NAIVE_MODULE = "_scrape_naive"
 NAIVE_TASK = "bench.scrape.fetch"
@@ -635,7 +629,7 @@ class Bench:
         self.client.flushdb()
         env = self.base_env()
         env.update(
-            PYTHONPATH=str(self.work),  # holds _scrape_naive.py, and nothing named like stdlib
+            PYTHONPATH=str(self.work),  # holds _scrape_naive.py and no other bench script
             BENCH_REDIS_URL=self.redis_url,
             BENCH_RATE_LIMIT=rate_limit,
         )

@@ -1,7 +1,7 @@
 """Email sending: a kept-open SMTP connection per process against a new one per message,
 and the achieved rate against the configured provider limit.
 
-    .venv/bin/python bench/email.py [--messages N] [--processes P]
+    .venv/bin/python bench/email_delivery.py [--messages N] [--processes P]
 
 The local mail sink (`python -m conveyor.local.mail_sink`, aiosmtpd) runs as its own
 process. P sender processes each send N/P messages built by the workload's own
@@ -21,31 +21,24 @@ are deleted first).
 
 from __future__ import annotations
 
+import argparse
+import multiprocessing
+import os
+import shutil
+import smtplib
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-# This file is named email.py, like the standard library's email package: look for modules
-# in this directory after the standard library, not before it.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH]
-sys.path.append(str(_BENCH))
+import redis
 
-import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import smtplib  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import redis  # noqa: E402
-
-from _common import free_port, tail  # noqa: E402
-from _latency import serve_delayed  # noqa: E402
-from conveyor.workloads.email.addresses import Address  # noqa: E402
-from conveyor.workloads.email.message import Draft, build_message  # noqa: E402
+from _common import free_port, tail
+from _latency import serve_delayed
+from conveyor.workloads.email.addresses import Address
+from conveyor.workloads.email.message import Draft, build_message
 
 HOST = "127.0.0.1"
 
