@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from conveyor.core.models import TERMINAL_STATES, Job, JobAttempt, JobState, JobTag, utcnow
 from conveyor.core.redaction import redact
@@ -216,34 +217,42 @@ def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> J
 JOBS = cast(Table, Job.__table__)
 
 
-def _fast_transition(
-    connection: Connection, job_id: str, allowed: tuple[str, ...], **values: Any
-) -> dict[str, Any] | None:
-    values.setdefault("updated_at", utcnow())
+def _prebuilt(allowed: tuple[str, ...], **values: Any) -> Update:
+    """An UPDATE … RETURNING built once, for the transitions every job makes: only its
+    parameters change (job_id, now, and those named in `values`), so SQLAlchemy neither
+    rebuilds it nor computes its cache key again per job."""
+    values.setdefault("updated_at", bindparam("now", type_=JOBS.c.updated_at.type))
     _when_ending(values, JOBS.c.owner)
-    statement = (
+    return (
         update(JOBS)
-        .where(JOBS.c.id == job_id, JOBS.c.state.in_(allowed))
+        .where(JOBS.c.id == bindparam("job_id"), JOBS.c.state.in_(allowed))
         .values(**values)
         .returning(*JOBS.c)
     )
-    row = connection.execute(statement).mappings().first()
-    return dict(row) if row is not None else None
+
+
+_START_ATTEMPT = _prebuilt(
+    ACTIVE_STATES,
+    state=JobState.STARTED,
+    attempts=JOBS.c.attempts + 1,
+    started_at=bindparam("now", type_=JOBS.c.started_at.type),
+    worker_host=bindparam("worker_host", type_=JOBS.c.worker_host.type),
+)
+
+
+def _run_prebuilt(
+    connection: Connection, statement: Update, job_id: str, **parameters: Any
+) -> dict[str, Any] | None:
+    row = connection.execute(statement, {"job_id": job_id, "now": utcnow(), **parameters})
+    found = row.mappings().first()
+    return dict(found) if found is not None else None
 
 
 def start_attempt(
     connection: Connection, job_id: str, *, worker_host: str | None
 ) -> dict[str, Any] | None:
     """mark_started for a job already in the ledger; None: missing, cancelled or finished."""
-    return _fast_transition(
-        connection,
-        job_id,
-        ACTIVE_STATES,
-        state=JobState.STARTED,
-        attempts=JOBS.c.attempts + 1,
-        started_at=utcnow(),
-        worker_host=worker_host,
-    )
+    return _run_prebuilt(connection, _START_ATTEMPT, job_id, worker_host=worker_host)
 
 
 def _success_values(result: Any) -> dict[str, Any]:
@@ -258,8 +267,18 @@ def _success_values(result: Any) -> dict[str, Any]:
     }
 
 
+_FINISH_SUCCESS = _prebuilt(
+    ACTIVE_STATES,
+    **{
+        **_success_values(None),
+        "result": bindparam("result", type_=JOBS.c.result.type),
+        "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
+    },
+)
+
+
 def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
-    return _fast_transition(connection, job_id, ACTIVE_STATES, **_success_values(result))
+    return _run_prebuilt(connection, _FINISH_SUCCESS, job_id, result=summarize_result(result))
 
 
 def mark_progress(
