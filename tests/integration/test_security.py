@@ -200,3 +200,30 @@ def test_security_headers_on_the_real_api_and_hsts_only_over_https(
     assert secure.headers["strict-transport-security"].startswith("max-age=")
     docs = admin.get("/docs")
     assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+@pytest.mark.one_database  # the cache is the API process's
+def test_a_revoked_key_is_refused_within_the_key_cache_time(stack: Stack) -> None:
+    """Each API process trusts a key it checked for CONVEYOR_API_KEY_CACHE_SECONDS."""
+    with db.session_scope() as session:
+        made = api_keys.create_key(session, "cached", owner=f"cache-{uuid.uuid4().hex[:6]}")
+    headers = {"Authorization": f"Bearer {made.plaintext}"}
+    with (
+        extra_api(stack, "api-cache-long", CONVEYOR_API_KEY_CACHE_SECONDS="120") as long_url,
+        extra_api(stack, "api-cache-short", CONVEYOR_API_KEY_CACHE_SECONDS="1") as short_url,
+        httpx.Client(headers=headers, timeout=10) as client,
+    ):
+        for url in (long_url, short_url):
+            assert client.get(f"{url}/api/v1/jobs").status_code == 200
+        with db.session_scope() as session:
+            api_keys.revoke(session, made.record.id)
+        # The process that checked it moments ago still trusts it: no lookup per request...
+        assert client.get(f"{long_url}/api/v1/jobs").status_code == 200
+        # ...and once its cache time has passed, the revocation holds.
+        wait_for(
+            lambda: client.get(f"{short_url}/api/v1/jobs").status_code == 401,
+            15,
+            "the revoked key to be refused",
+            interval=0.2,
+        )
+        assert client.get(f"{stack.api_url}/api/v1/jobs").status_code == 401  # never cached

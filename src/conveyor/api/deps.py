@@ -11,11 +11,13 @@ from fastapi import Depends, HTTPException, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from conveyor.api.key_cache import CheckedKey, checked_keys
 from conveyor.api.rate_limit import check_auth_block, limit_api_key, record_auth_failure
 from conveyor.core import api_keys
 from conveyor.core.db import session_scope
 from conveyor.core.ledger import as_utc
 from conveyor.core.models import utcnow
+from conveyor.core.settings import get_settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `conveyor keys create`.")
 # Writing last_used_at on every request would turn reads into writes; once a minute is enough.
@@ -77,23 +79,38 @@ def get_caller(
     address = request.client.host if request.client else "unknown"
     # Before the key is looked at: a blocked address learns nothing from its guesses.
     check_auth_block(address)
-    record = api_keys.authenticate(session, credentials.credentials)
-    if record is None:
+    key = _checked_key(session, credentials.credentials)
+    if key is None:
         record_auth_failure(address)
         raise _unauthorized("invalid or revoked API key")
     # Before any work for the request; 429 with Retry-After when the key is over its limit.
-    limit_api_key(record.id, response)
-    last_used = as_utc(record.last_used_at)
+    limit_api_key(key.id, response)
+    caller = Caller(key_id=key.id, owner=key.owner, is_admin=key.is_admin, via_api_key=True)
+    request.state.caller = caller
+    return caller
+
+
+def _checked_key(session: Session, plaintext: str) -> CheckedKey | None:
+    """The key, from this process's cache when it was checked moments ago, else from the
+    database; its last use is written at most once per LAST_USED_RESOLUTION."""
+    ttl = get_settings().api_key_cache_seconds
+    key = checked_keys.get(plaintext, ttl)
     now = utcnow()
+    if key is not None:
+        last_used = as_utc(key.last_used_at)
+        if last_used is not None and now - last_used <= LAST_USED_RESOLUTION:
+            return key
+    record = api_keys.authenticate(session, plaintext)
+    if record is None:
+        return None
+    last_used = as_utc(record.last_used_at)
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         record.last_used_at = now
     # End the transaction now: a long request (an event stream) must not hold a connection.
     session.commit()
-    caller = Caller(
-        key_id=record.id, owner=record.owner, is_admin=record.is_admin, via_api_key=True
-    )
-    request.state.caller = caller
-    return caller
+    key = CheckedKey(record.id, record.owner, record.is_admin, record.last_used_at)
+    checked_keys.put(plaintext, key, ttl)
+    return key
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -300,6 +300,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests per minute per API key (429 with Retry-After beyond); 0 = off.",
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "Seconds an API process trusts a key it checked, without the database; a revoked "
+            "key is refused within this time. 0 = check every request."
+        ),
+    )
     api_auth_failures_per_minute: int = Field(
         default=20,
         ge=0,

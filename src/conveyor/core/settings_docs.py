@@ -72,6 +72,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "API limits and idempotency": (
         "api_rate_limit_per_minute",
+        "api_key_cache_seconds",
         "api_auth_failures_per_minute",
         "sse_max_streams_per_key",
         "idempotency_ttl_seconds",
