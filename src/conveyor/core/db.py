@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.core.private import private_file
@@ -66,17 +66,41 @@ def build_engine(
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        # A connection the server or a proxy dropped is detected before use, not mid-task.
-        pool_pre_ping=True,
         # Recycle before common idle timeouts (PgBouncer, cloud load balancers) bite.
         pool_recycle=pool_recycle,
         # The tables are declared without a schema; this puts every statement in ours.
         execution_options={"schema_translate_map": {None: schema}} if schema else {},
     )
+    event.listen(engine, "connect", _note_use)
+    event.listen(engine, "checkin", _note_use)
+    dialect = engine.dialect
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_USED_AT, 0.0) < FRESH_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)  # leaves no transaction open
+        except Exception as exc:
+            # The pool drops this connection and checks out another (SQLAlchemy's protocol).
+            raise DisconnectionError(str(exc)) from exc
+
+    event.listen(engine, "checkout", ping_if_idle)
+    return engine
+
+
+# A connection used this recently is handed out without a ping: a busy worker would otherwise
+# spend a round trip per job on it. One idle longer is pinged, so a connection the server or
+# a proxy dropped meanwhile is replaced before use, not found broken mid-task.
+FRESH_SECONDS = 1.0
+_USED_AT = "conveyor_used_at"
+
+
+def _note_use(_dbapi_connection: Any, record: Any, *_: Any) -> None:
+    record.info[_USED_AT] = time.monotonic()
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -226,8 +226,14 @@ class ConveyorTask(Task[..., Any]):
         request = self.request
         if request.id is None:
             return None
-        with autocommit() as connection:
-            row = ledger.start_attempt(connection, request.id, worker_host=request.hostname)
+        job_id, host = request.id, request.hostname
+
+        def start() -> dict[str, Any] | None:
+            with autocommit() as connection:
+                return ledger.start_attempt(connection, job_id, worker_host=host)
+
+        # Connections in use moments ago are not pinged (db.py): a dropped one is retried here.
+        row = retry_on_disconnect(start)
         if row is None:
             return None
         if row["parent_id"]:
