@@ -1,6 +1,7 @@
 """Load generator for the API part of the benchmark: a separate process from the server.
 
-POSTs a bounded number of diagnostics jobs over loopback with a fixed number of concurrent
+POSTs a bounded number of diagnostics jobs (or, with --path, the same body to another
+route) over loopback with a fixed number of concurrent
 clients (one keep-alive connection each) and prints latency figures as JSON on stdout.
 
     BENCH_API_KEY=... python bench/_loadgen.py URL --requests 1000 --concurrency 16 --warmup 32
@@ -24,7 +25,9 @@ PATH = "/api/v1/diagnostics/jobs"
 BODY = {"steps": 1, "step_seconds": 0}
 
 
-async def run(url: str, key: str, requests: int, concurrency: int, warmup: int) -> dict:
+async def run(
+    url: str, key: str, requests: int, concurrency: int, warmup: int, path: str = PATH
+) -> dict:
     headers = {"Authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(30.0)
@@ -37,7 +40,7 @@ async def run(url: str, key: str, requests: int, concurrency: int, warmup: int) 
     ) as client:
         # Warm-up: open the connections and let the server build its pools; not measured.
         for _ in range(max(0, warmup) // concurrency or 1):
-            await asyncio.gather(*(client.post(PATH, json=BODY) for _ in range(concurrency)))
+            await asyncio.gather(*(client.post(path, json=BODY) for _ in range(concurrency)))
 
         remaining = requests
 
@@ -47,7 +50,7 @@ async def run(url: str, key: str, requests: int, concurrency: int, warmup: int) 
                 remaining -= 1
                 started = time.perf_counter()
                 try:
-                    response = await client.post(PATH, json=BODY)
+                    response = await client.post(path, json=BODY)
                 except httpx.HTTPError as exc:
                     statuses["error"] += 1
                     if len(errors) < 5:
@@ -84,11 +87,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=32)
+    parser.add_argument("--path", default=PATH, help="route to POST to")
     args = parser.parse_args()
     if not args.url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise SystemExit("the load generator only talks to loopback")
     result = asyncio.run(
-        run(args.url, os.environ["BENCH_API_KEY"], args.requests, args.concurrency, args.warmup)
+        run(
+            args.url,
+            os.environ["BENCH_API_KEY"],
+            args.requests,
+            args.concurrency,
+            args.warmup,
+            args.path,
+        )
     )
     print(json.dumps(result))
 
