@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import ledger, outcomes, unique, workloads
 from conveyor.core.celery_app import get_celery, queue_for
-from conveyor.core.db import session_scope
+from conveyor.core.db import autocommit, get_engine, session_scope
 from conveyor.core.events import publish_job
 from conveyor.core.models import DeadLetter, Job, JobState, utcnow
 from conveyor.core.redis_client import cancel_key, get_redis
@@ -86,22 +86,21 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
         if existing is not None:
             return existing
         headers[unique.HEADER] = "1"
+    new = ledger.NewJob(
+        id=job_id,
+        name=submission.task_name,
+        queue=queue,
+        owner=submission.owner,
+        args=submission.args,
+        kwargs=submission.kwargs,
+        replay_of=submission.replay_of,
+        republishable=True,
+        tags=tuple(submission.tags),
+    )
     try:
-        with session_scope() as session:
-            job = ledger.create_job(
-                session,
-                ledger.NewJob(
-                    id=job_id,
-                    name=submission.task_name,
-                    queue=queue,
-                    owner=submission.owner,
-                    args=submission.args,
-                    kwargs=submission.kwargs,
-                    replay_of=submission.replay_of,
-                    republishable=True,
-                    tags=tuple(submission.tags),
-                ),
-            )
+        # One INSERT commits by itself; with tags, the job and its tags in one transaction.
+        with autocommit() if not new.tags else get_engine().begin() as connection:
+            job = ledger.insert_job(connection, new)
     except IntegrityError:
         # Two submits of the same id at once: the primary key let one in; answer with it.
         if submission.job_id is None:

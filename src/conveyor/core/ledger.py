@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
@@ -145,6 +145,18 @@ def create_job(session: Session, new: NewJob) -> Job:
     return job
 
 
+def insert_job(connection: Connection, new: NewJob) -> Job:
+    """create_job for the submit path: Core INSERTs on the caller's connection, no ORM unit of
+    work. The returned Job is not attached to any session."""
+    job = _row(new)
+    connection.execute(_INSERT_JOB, {column.key: getattr(job, column.key) for column in JOBS.c})
+    tags = dict.fromkeys(new.tags)
+    if tags:
+        rows = [{"job_id": new.id, "tag": tag, "created_at": job.created_at} for tag in tags]
+        connection.execute(_INSERT_TAGS, rows)
+    return job
+
+
 def ensure_job(session: Session, new: NewJob) -> bool:
     """Insert the job unless it is already recorded; True when this call inserted it."""
     if session.get(Job, new.id) is not None:
@@ -215,6 +227,8 @@ def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> J
 # connections, which spare the BEGIN and COMMIT round trips.
 
 JOBS = cast(Table, Job.__table__)
+_INSERT_JOB = insert(JOBS)
+_INSERT_TAGS = insert(cast(Table, JobTag.__table__))
 
 
 def _prebuilt(allowed: tuple[str, ...], **values: Any) -> Update:
