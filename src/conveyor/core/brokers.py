@@ -49,7 +49,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     if is_amqp(settings.broker):
         # A publish returns once RabbitMQ has the message: a submit never reports a job it lost.
         return {"confirm_publish": True}
-    options: dict[str, Any] = {
+    return {
         # Redis redelivers an unacknowledged message after this; above any task's limit.
         "visibility_timeout": settings.visibility_timeout,
         # How often workers sweep for messages a dead worker held.
@@ -62,7 +62,6 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "socket_timeout": max(5.0, settings.redis_timeout_seconds),
         "socket_connect_timeout": settings.redis_timeout_seconds,
     }
-    return options
 
 
 def redis_list_keys(queue: str) -> list[str]:
