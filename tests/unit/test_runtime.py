@@ -179,12 +179,14 @@ def test_the_banner_never_shows_a_password(capsys: pytest.CaptureFixture[str]) -
     settings = Settings(
         database_url="postgresql://app:hunter2@db/conveyor",
         redis_url="redis://:hunter2@cache:6379/0",
+        broker_url="amqp://app:hunter2@rabbit:5672/prod",
     )
     runtime_of_up = a_runtime(DATA_DIR, redis_url=settings.redis, database_url=settings.database)
     _banner(settings, runtime_of_up, Plan(api_port=8123, sink_port=1025, gateway_port=None), "x")
     shown = capsys.readouterr().err
     assert "Conveyor is up" in shown
     assert "postgresql+psycopg://app:***@db/conveyor" in shown
+    assert "Broker    amqp://app:***@rabbit:5672/prod" in shown
     assert "hunter2" not in shown
 
 

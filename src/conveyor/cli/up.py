@@ -352,6 +352,7 @@ def _banner(settings: Settings, runtime: Runtime, plan: Plan, redis_note: str) -
         f"Ready     {base}/health/ready",
         f"Metrics   {base}/metrics",
         f"Redis     {redis_note}",
+        *([f"Broker    {safe_url(settings.broker)}"] if settings.broker != settings.redis else []),
         *([f"Mail      {mail}"] if "email" in enabled else []),
         *([f"Payments  {payments}"] if "payments" in enabled else []),
         *([f"Demo shop {_demo_line(settings, plan.demo_port)}"] if plan.demo_port else []),
