@@ -27,7 +27,8 @@ REPLAYED = "Idempotent-Replayed"
 
 def unique_body() -> dict[str, Any]:
     """A diagnostics body no other test sends, so its jobs can be told apart in the ledger."""
-    return {"steps": 1, "step_seconds": round(random.uniform(0.0001, 0.01), 6)}
+    # Nine decimals: about ten million values, so two tests' bodies do not collide.
+    return {"steps": 1, "step_seconds": round(random.uniform(0.0001, 0.01), 9)}
 
 
 def jobs_with_kwargs(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
