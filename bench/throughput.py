@@ -53,8 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psycopg
 import redis
 
 from _common import free_port, tail
@@ -169,13 +167,21 @@ class Setup:
         )
 
 
+# psycopg and httpx are imported where used: bench/others.py runs the bare Celery scenario
+# from a virtualenv that has neither.
+
+
 def fresh_database(admin_url: str, name: str) -> None:
+    import psycopg
+
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def pg_scalar(url: str, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    import psycopg
+
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
         row = conn.execute(sql, params).fetchone()
         return row[0] if row else None
@@ -188,10 +194,11 @@ def _proc_stat(pid: int) -> list[str]:
 
 
 def worker_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by a process (all threads), and by its (pool) children.
+    """CPU seconds used so far by a process (all threads), and by all its descendants.
 
-    Children count whether alive (their own times) or already reaped after a recycle
-    (the parent's cutime/cstime).
+    Descendants count whether alive (their own times) or already reaped, e.g. after a
+    recycle (their parent's cutime/cstime). Celery's pool processes are children; other
+    libraries' (bench/others.py) may be grandchildren.
     """
     ticks = os.sysconf("SC_CLK_TCK")
     try:
@@ -200,6 +207,8 @@ def worker_cpu(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
     main = (int(own[11]) + int(own[12])) / ticks
     children = (int(own[13]) + int(own[14])) / ticks
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -207,8 +216,17 @@ def worker_cpu(pid: int) -> tuple[float, float]:
             fields = _proc_stat(int(entry))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            children += sum(int(x) for x in fields[11:15]) / ticks
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = sum(int(x) for x in fields[11:15])
+    for child, child_ticks in times.items():
+        ancestor = parents[child]
+        # Bounded: /proc is not read at one instant, so a reused pid could make a loop.
+        for _ in range(64):
+            if ancestor <= 1 or ancestor == pid:
+                break
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == pid:
+            children += child_ticks / ticks
     return main, children
 
 
@@ -306,6 +324,8 @@ class Scenario:
     tracked: bool = False
     conf: str = ""  # settings laid over the app (diagnostics only), JSON
     env: tuple[tuple[str, str], ...] = ()  # extra environment (diagnostics only)
+    publisher: str = "_enqueue.py"  # run with `enqueue` and N
+    worker: tuple[str, ...] = ()  # arguments to PYTHON for the worker; () is Celery's
 
 
 SCENARIOS = (
@@ -391,7 +411,7 @@ class Summary:
     runs: list[Result] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
-        return statistics.median(getattr(run, attr) for run in self.runs)
+        return float(statistics.median(getattr(run, attr) for run in self.runs))
 
     @property
     def rate(self) -> float:
@@ -402,6 +422,8 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
     n = setup.tasks
     r.flushdb()
     if scenario.tracked:
+        import psycopg
+
         with psycopg.connect(setup.pg_url, autocommit=True) as conn:
             conn.execute("TRUNCATE conveyor_jobs, conveyor_dead_letters CASCADE")
     env = dict(setup.env(scenario.app, scenario.conf), **dict(scenario.env))
@@ -409,7 +431,7 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
 
     # 1. Publish every message (timed on its own, not part of the drain).
     enqueue = subprocess.run(
-        [PYTHON, str(BENCH_DIR / "_enqueue.py"), scenario.enqueue, str(n)],
+        [PYTHON, str(BENCH_DIR / scenario.publisher), scenario.enqueue, str(n)],
         env=env,
         cwd=BENCH_DIR,
         capture_output=True,
@@ -431,6 +453,8 @@ def run_scenario(setup: Setup, scenario: Scenario, r: redis.Redis) -> Result:
         "-n", f"bench-{scenario.key}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", "WARNING",
     ]  # fmt: skip
+    if scenario.worker:
+        argv = [PYTHON, *scenario.worker]
     spawned = time.time()
     worker = spawn(argv, env, log)
     try:
@@ -480,6 +504,8 @@ def _wait_drained(
     log: Path,
 ) -> tuple[int, float, bool]:
     """(tasks done, when the last one was seen done, whether the timeout hit)."""
+    if scenario.tracked:
+        import psycopg
     n = setup.tasks
     deadline = ready_at + setup.drain_timeout
     conn = psycopg.connect(setup.pg_url, autocommit=True) if scenario.tracked else None
@@ -512,6 +538,8 @@ def _wait_drained(
 
 def run_api(setup: Setup, r: redis.Redis, passes: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """One uvicorn process; for each (requests, concurrency) pass, one load generator run."""
+    import httpx
+
     from conveyor.core import api_keys
     from conveyor.core.db import dispose_all, session_scope
 

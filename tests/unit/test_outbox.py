@@ -3,13 +3,13 @@ claims the flag in the listeners' transaction, so each outcome is told exactly o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -134,6 +134,47 @@ def test_a_failing_listener_leaves_the_outcome_to_the_sweep(
     assert outcomes.dispatch_pending() == 1
     assert outcomes.dispatch_pending() == 0
     assert [job["id"] for job in told] == ["j1"]
+
+
+def _succeed(connection: Connection, told: bool) -> Mapping[str, Any] | None:
+    return ledger.finish_success(connection, "j1", {"ok": True}, told=told)
+
+
+def test_an_ending_told_in_its_own_transaction_leaves_no_flag(
+    ledger_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record("j1")
+    seen: list[tuple[str, str]] = []
+
+    def listener(job: dict[str, Any], session: Session) -> None:
+        # The listener's transaction is the ending's: it already sees the job ended.
+        row = session.get(Job, job["id"])
+        assert row is not None
+        seen.append((row.state, job["state"]))
+
+    monkeypatch.setattr(outcomes, "_listeners", [listener])
+    row = outcomes.end_telling(_succeed)
+    assert row is not None
+    assert row["state"] == JobState.SUCCEEDED
+    assert seen == [(JobState.SUCCEEDED, JobState.SUCCEEDED)]
+    assert stored("j1").events_pending is False
+    assert outcomes.end_telling(_succeed) is None  # ended already: nothing told twice
+    assert len(seen) == 1
+
+
+def test_a_listener_failing_in_the_ending_transaction_still_ends_the_job(
+    ledger_db: None, told: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record("j1")
+
+    def broken(job: dict[str, Any], session: Session) -> None:
+        raise ValueError("the listener is broken")
+
+    monkeypatch.setattr(outcomes, "_listeners", [broken])
+    row = outcomes.end_telling(_succeed)
+    assert row is not None
+    job = stored("j1")
+    assert (job.state, job.result, job.events_pending) == (JobState.SUCCEEDED, {"ok": True}, True)
 
 
 def test_a_write_that_lost_its_connection_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:

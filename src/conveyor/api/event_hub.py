@@ -25,6 +25,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.exceptions import RedisError
 
+from conveyor.core.events import WATCHING_KEY, WATCHING_TTL_SECONDS
 from conveyor.core.redis_client import sentinel_nodes
 from conveyor.core.settings import get_settings
 
@@ -42,6 +43,8 @@ CONFIRM_SECONDS = 5.0
 # reconnect (a connection that died silently, without a reset, would wait forever).
 IDLE_PING_SECONDS = 15.0
 READ_SECONDS = 1.0
+# While any channel is followed, the key that tells workers to publish is renewed this often.
+MARK_EVERY_SECONDS = 1.0
 
 
 @dataclass
@@ -59,6 +62,8 @@ class EventHub:
 
     def _reset(self) -> None:
         self._client: aioredis.Redis | None = None
+        # Its own connection: the pub/sub one cannot send commands.
+        self._marks: aioredis.Redis | None = None
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -66,6 +71,7 @@ class EventHub:
         # One waiter per SUBSCRIBE sent, per channel, in order: Redis confirms each once.
         self._unconfirmed: dict[str, deque[asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._marked_at = float("-inf")
 
     @contextlib.asynccontextmanager
     async def follow(self, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
@@ -97,6 +103,8 @@ class EventHub:
                     del self._channels[channel]
                     self._unconfirmed[channel].pop()
                     raise
+                self._marked_at = float("-inf")
+                await self._mark_watching()
             state.queues.add(queue)
             return state
 
@@ -131,6 +139,9 @@ class EventHub:
                 "socket_keepalive": True,
             }
             self._client = _async_client(url, options)
+            self._marks = _async_client(
+                url, {**options, "client_name": f"{self.client_name}-marks"}
+            )
             self._pubsub = self._client.pubsub()
             await self._pubsub.connect()  # type: ignore[no-untyped-call]
             self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
@@ -142,6 +153,7 @@ class EventHub:
         while True:
             try:
                 message = await pubsub.get_message(timeout=READ_SECONDS)
+                await self._mark_watching()
                 now = loop.time()
                 if message is not None:
                     heard = now
@@ -159,6 +171,18 @@ class EventHub:
                 # Reading again reconnects, and redis-py subscribes the channels again.
                 log.warning("event connection to Redis failed: %s; retrying", exc)
                 await asyncio.sleep(1.0)
+
+    async def _mark_watching(self) -> None:
+        """Keep workers publishing job events while a channel is followed (core/events.py)."""
+        now = asyncio.get_running_loop().time()
+        if not self._channels or self._marks is None or now - self._marked_at < MARK_EVERY_SECONDS:
+            return
+        self._marked_at = now
+        try:
+            ttl = int(WATCHING_TTL_SECONDS * 1000)
+            await self._marks.set(WATCHING_KEY, self.client_name, px=ttl)
+        except RedisError as exc:
+            log.warning("could not tell workers that job events are followed: %s", exc)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = message.get("type"), message.get("channel")
@@ -188,6 +212,8 @@ class EventHub:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         if self._client is not None:
             await self._client.aclose()
+        if self._marks is not None:
+            await self._marks.aclose()
         self._reset()
 
 

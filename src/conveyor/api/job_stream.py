@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from conveyor.api import shutdown
 from conveyor.api.event_hub import EventHub
-from conveyor.core import ledger
+from conveyor.core import events, ledger
 from conveyor.core.db import session_scope
 from conveyor.core.events import event_payload
 from conveyor.core.models import TERMINAL_STATES, JobState
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # Re-read the ledger this often while streaming, in case a pub/sub message was missed.
 SSE_RECHECK_SECONDS = 5.0
+# The first re-read, once every worker knows the stream follows (core/events.py): what
+# changed before they did was not published.
+SSE_FIRST_RECHECK_SECONDS = 3 * events.CHECK_SECONDS
 # A stream renews its place every third of this; an API process that died frees its
 # places this long after its last renewal.
 PLACE_LEASE_SECONDS = 30.0
@@ -160,15 +163,16 @@ async def _events(
     last_sent = current
     sequence = 1
     yield _sse(current, sequence)
+    recheck = SSE_FIRST_RECHECK_SECONDS
     while current["state"] not in TERMINAL_STATES:
         if await request.is_disconnected() or shutdown.stopping():
             return
         if place is not None:
             await place.keep()
         try:
-            data: str | None = await asyncio.wait_for(messages.get(), SSE_RECHECK_SECONDS)
+            data: str | None = await asyncio.wait_for(messages.get(), recheck)
         except TimeoutError:
-            data = None
+            data, recheck = None, SSE_RECHECK_SECONDS
         if data is not None:
             current = json.loads(data)
         else:

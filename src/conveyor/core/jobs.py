@@ -119,6 +119,10 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
             queue=queue,
             countdown=submission.countdown,
             headers=headers,
+            # The ledger keeps the result: no copy in the result backend, and no SUBSCRIBE
+            # to its channel per submit (ConveyorTask.on_success stores one only when the
+            # ledger could not take it, for the reconciler).
+            ignore_result=True,
         )
     except Exception as exc:
         # The broker refused it: the ledger must not show a job that will never run.

@@ -231,12 +231,15 @@ _INSERT_JOB = insert(JOBS)
 _INSERT_TAGS = insert(cast(Table, JobTag.__table__))
 
 
-def _prebuilt(allowed: tuple[str, ...], **values: Any) -> Update:
+def _prebuilt(allowed: tuple[str, ...], *, told: bool = False, **values: Any) -> Update:
     """An UPDATE … RETURNING built once, for the transitions every job makes: only its
     parameters change (job_id, now, and those named in `values`), so SQLAlchemy neither
-    rebuilds it nor computes its cache key again per job."""
+    rebuilds it nor computes its cache key again per job. `told`: an ending whose outcome is
+    told in the same transaction (outcomes.end_telling), so the outbox flag stays clear."""
     values.setdefault("updated_at", bindparam("now", type_=JOBS.c.updated_at.type))
     _when_ending(values, JOBS.c.owner)
+    if told:
+        values["events_pending"] = False
     return (
         update(JOBS)
         .where(JOBS.c.id == bindparam("job_id"), JOBS.c.state.in_(allowed))
@@ -281,18 +284,22 @@ def _success_values(result: Any) -> dict[str, Any]:
     }
 
 
-_FINISH_SUCCESS = _prebuilt(
-    ACTIVE_STATES,
-    **{
-        **_success_values(None),
-        "result": bindparam("result", type_=JOBS.c.result.type),
-        "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
-    },
-)
+_SUCCESS_PARAMETERS = {
+    **_success_values(None),
+    "result": bindparam("result", type_=JOBS.c.result.type),
+    "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
+}
+_FINISH_SUCCESS = {
+    told: _prebuilt(ACTIVE_STATES, told=told, **_SUCCESS_PARAMETERS) for told in (False, True)
+}
 
 
-def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
-    return _run_prebuilt(connection, _FINISH_SUCCESS, job_id, result=summarize_result(result))
+def finish_success(
+    connection: Connection, job_id: str, result: Any, *, told: bool = False
+) -> dict[str, Any] | None:
+    """The job succeeded; `told` when its outcome needs no outbox flag (see _prebuilt)."""
+    statement = _FINISH_SUCCESS[told]
+    return _run_prebuilt(connection, statement, job_id, result=summarize_result(result))
 
 
 def mark_progress(

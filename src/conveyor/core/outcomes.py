@@ -9,15 +9,15 @@ exactly once: a listener that fails rolls the claim back, and the sweep run by B
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.core import ledger
-from conveyor.core.db import session_scope
+from conveyor.core.db import autocommit, session_scope
 from conveyor.core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,40 @@ def on_job_outcome(listener: Listener) -> Listener:
     if listener not in _listeners:
         _listeners.append(listener)
     return listener
+
+
+def has_listeners() -> bool:
+    return bool(_listeners)
+
+
+class _ListenerFailed(Exception):
+    pass
+
+
+# end(connection, told): the statement that ends a job, returning its row (None: nothing
+# ended). `told` asks it to leave the outbox flag clear.
+Ending = Callable[[Connection, bool], Mapping[str, Any] | None]
+
+
+def end_telling(end: Ending) -> Mapping[str, Any] | None:
+    """End a job and tell the listeners in one transaction: one commit for both, no outbox
+    round trip. When a listener fails, all of it is rolled back and the job is ended alone,
+    its outbox flag set, for the sweep: a listener never changes the job's outcome."""
+    try:
+        with session_scope() as session:
+            row = end(session.connection(), True)
+            if row is not None and row["owner"] is not None:
+                job = {**ledger.job_to_dict(row), "owner": row["owner"]}
+                for listener in list(_listeners):
+                    try:
+                        listener(job, session)
+                    except Exception as exc:
+                        raise _ListenerFailed(exc) from exc
+            return row
+    except _ListenerFailed as failed:
+        log.warning("outcome events left for the sweep: %s", failed)
+    with autocommit() as connection:
+        return end(connection, False)
 
 
 def dispatch(job_id: str) -> bool:
@@ -58,6 +92,8 @@ def emit(job: dict[str, Any]) -> None:
     """Right after a job ended: tell its outcome now, or leave it to the sweep."""
     if job.get("owner") is None:
         return  # nobody to tell: the ending statement set no flag
+    if not _listeners:
+        return  # nobody listens in this process: the sweep tells them where they do
     try:
         dispatch(str(job["id"]))
     except Exception as exc:

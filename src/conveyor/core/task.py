@@ -6,19 +6,20 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar, NoReturn
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from redis.exceptions import RedisError
-from sqlalchemy import case, literal, update
+from sqlalchemy import Connection, case, literal, update
 from sqlalchemy.orm import Session
 
 from conveyor.core import brokers, dead_letters, ledger, locks, outcomes, rate_limit, unique
 from conveyor.core.celery_app import queue_for
 from conveyor.core.db import autocommit, retry_on_disconnect, session_factory, session_scope
 from conveyor.core.errors import ErrorKind, JobCancelled, backoff_delay, classify
-from conveyor.core.events import publish_job
+from conveyor.core.events import publish_job, someone_watching
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
 from conveyor.core.metrics import rate_limit_delays
 from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
@@ -460,20 +461,44 @@ class ConveyorTask(Task[..., Any]):
         if not self.track:
             return
 
-        def finish() -> dict[str, Any] | None:
+        # An owner's outcome is told in the ending's own transaction (outcomes.end_telling).
+        telling = bool(getattr(self.request, HEADER_OWNER, None)) and outcomes.has_listeners()
+
+        def end(connection: Connection, told: bool) -> dict[str, Any] | None:
+            return ledger.finish_success(connection, task_id, retval, told=told)
+
+        def finish() -> Mapping[str, Any] | None:
+            if telling:
+                return outcomes.end_telling(end)
             with autocommit() as connection:
-                return ledger.finish_success(connection, task_id, retval)
+                return end(connection, not outcomes.has_listeners())
 
         # The message is acknowledged after this: a lost write would leave the job started.
-        row = retry_on_disconnect(finish)
+        try:
+            row = retry_on_disconnect(finish)
+        except Exception:
+            self._keep_result_for_reconciler(task_id, retval)
+            raise
         if row is not None and row["parent_id"] is None:
-            snapshot = ledger.job_to_dict(row)
-            publish_job(snapshot)
-            outcomes.emit({**snapshot, "owner": row["owner"]})
+            if someone_watching():
+                publish_job(ledger.job_to_dict(row))
+            if not telling:
+                outcomes.emit({"id": task_id, "owner": row["owner"]})
         elif row is not None:
             with session_scope() as session:
                 self._after_transition(session, session.get(Job, task_id))
         self._release_unique(task_id)
+
+    def _keep_result_for_reconciler(self, task_id: str, retval: Any) -> None:
+        """The job ran but the ledger did not take its success: the reconciler settles it from
+        a stored result (reconcile.py). Celery stored one already unless the submitter asked
+        it not to, as `submit` does since the ledger normally holds it."""
+        if not (getattr(self.request, "ignore_result", None) or self.ignore_result):
+            return
+        try:
+            self.backend.store_result(task_id, retval, states.SUCCESS, request=self.request)
+        except Exception as exc:
+            log.warning("job %s: result not stored for the reconciler: %s", task_id, exc)
 
     def _note_unpublished_retry(self, exc: BaseException) -> None:
         if not self.track or self.request.id is None:
