@@ -3,7 +3,8 @@
     python3 bench/others.py [--tasks N] [--rounds R]
 
 The same drain as bench/throughput.py's first scenario, for four libraries on the same Redis
-database (BENCH_REDIS_URL, default redis://127.0.0.1:6379/13, flushed before each run):
+database (BENCH_REDIS_URL, default redis://127.0.0.1:6379/13, flushed before each run; 13
+is also the integration tests' default database, so don't run both at once):
 
   1. bare Celery, default configuration: bench/_tasks.py's "bare-default" app (results
      stored in Redis), worker -P prefork -c 2
@@ -18,12 +19,14 @@ until the counter reaches N and the queue list is empty. The runs go through
 throughput.run_scenario, so all four are timed by the same code. The libraries run R
 rounds, interleaved, and the medians are reported with the worker's CPU time per task,
 read from /proc for its whole process tree, and the ratios to bare Celery in the same run.
-Workers log at WARNING (huey's -q, taskiq's --log-level), as throughput.py's Celery does.
+Workers log at WARNING (huey's -q, taskiq's --log-level), as throughput.py's Celery does;
+dramatiq's default INFO logs nothing per task.
 
 The defaults differ in what they promise, and that is part of what is measured: Celery
 acks a message when a pool process takes it and stores each result; huey and taskiq's
-ListQueueBroker pop the message off the list (nothing to ack) and store no None result;
-dramatiq acks after the run (at-least-once) and stores no result without its middleware.
+ListQueueBroker pop the message off the list (nothing to ack), and store no None result
+(huey) or no result at all (taskiq); dramatiq acks after the run (at-least-once) and stores
+no result without its Results middleware.
 
 These libraries are no dependencies of the project: on first use the script makes its own
 virtualenv, bench/.venv-others (python3 -m venv, then pip install huey dramatiq[redis]
