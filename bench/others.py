@@ -3,8 +3,7 @@
     python3 bench/others.py [--tasks N] [--rounds R]
 
 The same drain as bench/throughput.py's first scenario, for four libraries on the same Redis
-database (BENCH_REDIS_URL, default redis://127.0.0.1:6379/13, flushed before each run; 13
-is also the integration tests' default database, so don't run both at once):
+database (BENCH_REDIS_URL, default redis://127.0.0.1:6379/6, flushed before each run):
 
   1. bare Celery, default configuration: bench/_tasks.py's "bare-default" app (results
      stored in Redis), worker -P prefork -c 2
@@ -151,7 +150,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, tp._on_signal)
     atexit.register(tp._cleanup)
 
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
     work_dir = Path(tempfile.mkdtemp(prefix="conveyor-bench-others-"))
     setup = tp.Setup(
         tasks=args.tasks,
