@@ -17,6 +17,8 @@ _PUBLIC = {
     "Submission": "conveyor.core.jobs",
     "submit": "conveyor.core.jobs",
     "submit_async": "conveyor.core.jobs",
+    "submit_many": "conveyor.core.jobs",
+    "submit_many_async": "conveyor.core.jobs",
     "ConveyorTask": "conveyor.core.task",
     "PermanentError": "conveyor.core.errors",
     "TransientError": "conveyor.core.errors",
@@ -35,13 +37,15 @@ __all__ = [
     "__version__",
     "submit",
     "submit_async",
+    "submit_many",
+    "submit_many_async",
 ]
 
 if TYPE_CHECKING:
     from conveyor.api.deps import Caller
     from conveyor.api.mount import Conveyor
     from conveyor.core.errors import PermanentError, TransientError
-    from conveyor.core.jobs import Submission, submit, submit_async
+    from conveyor.core.jobs import Submission, submit, submit_async, submit_many, submit_many_async
     from conveyor.core.settings import Settings
     from conveyor.core.task import ConveyorTask
     from conveyor.dashboard import Dashboard

@@ -14,10 +14,13 @@ from sqlalchemy.exc import OperationalError
 
 from conveyor.core import db, events, ledger
 from conveyor.core.celery_app import get_celery
+from conveyor.core.jobs import Submission, submit_many
 from conveyor.core.redis_client import job_channel
 from tests.integration.conftest import Stack, submit_diagnostics
 
 pytestmark = pytest.mark.integration
+
+TASK = "conveyor.diagnostics.run"
 
 
 def _messages(pubsub: redis.client.PubSub, seconds: float) -> list[str]:
@@ -86,7 +89,7 @@ def test_an_open_event_stream_tells_workers_to_publish(
 def test_a_result_the_ledger_refused_is_kept_for_the_reconciler(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    task = get_celery().tasks["conveyor.diagnostics.run"]
+    task = get_celery().tasks[TASK]
     job_id = "hot-path-refused"
     backend = get_celery().backend
     backend.forget(job_id)
@@ -105,3 +108,17 @@ def test_a_result_the_ledger_refused_is_kept_for_the_reconciler(
     stored = backend.get_task_meta(job_id)
     assert (stored["status"], stored["result"]) == ("SUCCESS", {"rows": 3})
     backend.forget(job_id)
+
+
+@pytest.mark.both_brokers
+def test_jobs_submitted_together_all_run(stack: Stack) -> None:
+    batch = [
+        Submission(TASK, kwargs={"steps": 1, "step_seconds": 0, "fail_attempts": n % 2})
+        for n in range(20)
+    ]
+    jobs = submit_many(batch)
+    assert len({job.id for job in jobs}) == 20
+    for job in jobs:
+        finished = stack.wait_job(job.id, {"succeeded", "dead"})
+        assert finished["state"] == "succeeded"
+        assert finished["kwargs"]["fail_attempts"] in (0, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,79 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
     existing job is returned and nothing is published.
     """
     app = app or get_celery()
+    prepared = _prepare(submission, app)
+    if isinstance(prepared, Job):
+        return prepared
+    new = prepared.new
+    try:
+        # One INSERT commits by itself; with tags, the job and its tags in one transaction.
+        with autocommit() if not new.tags else get_engine().begin() as connection:
+            job = ledger.insert_job(connection, new)
+    except IntegrityError:
+        # Two submits of the same id at once: the primary key let one in; answer with it.
+        if submission.job_id is None:
+            raise
+        with session_scope() as session:
+            existing = session.get(Job, new.id)
+        if existing is None:
+            raise
+        return existing
+    _publish(app, prepared)
+    return job
+
+
+def submit_many(submissions: Sequence[Submission], *, app: Celery | None = None) -> list[Job]:
+    """Submit many jobs at once: every row in one transaction (one multi-row INSERT), then
+    every message over one broker connection. Returns the ledger rows in the same order.
+
+    Each submission is checked as `submit` checks it first, so a bad one refuses the whole
+    batch before anything is recorded. A deterministic `job_id` already recorded, or a unique
+    key already held, answers with the existing job, as `submit` does. If the broker refuses
+    a message part-way, that job and those after it are marked failed, and the error raised.
+    """
+    app = app or get_celery()
+    answers: list[Job | None] = [None] * len(submissions)
+    batch: list[tuple[int, _Prepared]] = []
+    try:
+        for index, submission in enumerate(submissions):
+            prepared = _prepare(submission, app)
+            if isinstance(prepared, Job):
+                answers[index] = prepared
+            else:
+                batch.append((index, prepared))
+        if batch:
+            with get_engine().begin() as connection:
+                jobs = ledger.insert_jobs(connection, [prepared.new for _, prepared in batch])
+    except BaseException:
+        for _, prepared in batch:
+            if prepared.claim is not None:
+                unique.release_job(prepared.new.id)
+        raise
+    if batch:
+        with app.producer_or_acquire() as producer:
+            for position, ((index, prepared), job) in enumerate(zip(batch, jobs, strict=True)):
+                try:
+                    _publish(app, prepared, producer=producer)
+                except Exception as exc:
+                    _not_published([later for _, later in batch[position + 1 :]], exc)
+                    raise
+                answers[index] = job
+    return [job for job in answers if job is not None]
+
+
+@dataclass
+class _Prepared:
+    """A submission checked and ready to record and publish."""
+
+    new: ledger.NewJob
+    headers: dict[str, str]
+    claim: unique.UniqueSpec | None
+    countdown: float | None
+
+
+def _prepare(submission: Submission, app: Celery) -> _Prepared | Job:
+    """Check a submission; the job already answering for it (its id recorded, or its unique
+    key held), or what to record and publish."""
     _check_tags(submission.tags)
     job_id = submission.job_id or str(uuid.uuid4())
     queue = submission.queue or queue_for(submission.task_name, app)
@@ -82,9 +156,9 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
     )
     if claim is not None:
         # A claim whose row never gets committed is replaced by the next submit (unique.py).
-        existing = unique.claim_or_existing(claim, job_id)
-        if existing is not None:
-            return existing
+        holder = unique.claim_or_existing(claim, job_id)
+        if holder is not None:
+            return holder
         headers[unique.HEADER] = "1"
     new = ledger.NewJob(
         id=job_id,
@@ -97,41 +171,39 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
         republishable=True,
         tags=tuple(submission.tags),
     )
-    try:
-        # One INSERT commits by itself; with tags, the job and its tags in one transaction.
-        with autocommit() if not new.tags else get_engine().begin() as connection:
-            job = ledger.insert_job(connection, new)
-    except IntegrityError:
-        # Two submits of the same id at once: the primary key let one in; answer with it.
-        if submission.job_id is None:
-            raise
-        with session_scope() as session:
-            existing = session.get(Job, job_id)
-        if existing is None:
-            raise
-        return existing
+    return _Prepared(new, headers, claim, submission.countdown)
+
+
+def _publish(app: Celery, prepared: _Prepared, *, producer: Any = None) -> None:
+    new = prepared.new
     try:
         app.send_task(
-            submission.task_name,
-            args=submission.args,
-            kwargs=submission.kwargs,
-            task_id=job_id,
-            queue=queue,
-            countdown=submission.countdown,
-            headers=headers,
+            new.name,
+            args=list(new.args),
+            kwargs=dict(new.kwargs or {}),
+            task_id=new.id,
+            queue=new.queue,
+            countdown=prepared.countdown,
+            headers=prepared.headers,
+            producer=producer,
             # The ledger keeps the result: no copy in the result backend, and no SUBSCRIBE
             # to its channel per submit (ConveyorTask.on_success stores one only when the
             # ledger could not take it, for the reconciler).
             ignore_result=True,
         )
     except Exception as exc:
-        # The broker refused it: the ledger must not show a job that will never run.
-        with session_scope() as session:
-            ledger.mark_failed(session, job_id, exc, None, state=JobState.FAILED)
-        if claim is not None:
-            unique.release_job(job_id)
+        _not_published([prepared], exc)
         raise
-    return job
+
+
+def _not_published(refused: list[_Prepared], exc: Exception) -> None:
+    """The broker refused them: the ledger must not show jobs that will never run."""
+    with session_scope() as session:
+        for prepared in refused:
+            ledger.mark_failed(session, prepared.new.id, exc, None, state=JobState.FAILED)
+    for prepared in refused:
+        if prepared.claim is not None:
+            unique.release_job(prepared.new.id)
 
 
 def _check_tags(tags: list[str]) -> None:
@@ -144,6 +216,13 @@ async def submit_async(submission: Submission, *, app: Celery | None = None) -> 
     """`submit` for async code (an `async def` route): the database write and the publish run
     in a thread, so the event loop goes on serving other requests meanwhile."""
     return await asyncio.to_thread(submit, submission, app=app)
+
+
+async def submit_many_async(
+    submissions: Sequence[Submission], *, app: Celery | None = None
+) -> list[Job]:
+    """`submit_many` for async code, in a thread like `submit_async`."""
+    return await asyncio.to_thread(submit_many, submissions, app=app)
 
 
 def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:

@@ -157,6 +157,21 @@ def insert_job(connection: Connection, new: NewJob) -> Job:
     return job
 
 
+def insert_jobs(connection: Connection, news: list[NewJob]) -> list[Job]:
+    """insert_job for many: one multi-row INSERT for the jobs, one for their tags."""
+    jobs = [_row(new) for new in news]
+    rows = [{column.key: getattr(job, column.key) for column in JOBS.c} for job in jobs]
+    connection.execute(_INSERT_JOB, rows)
+    tags = [
+        {"job_id": new.id, "tag": tag, "created_at": job.created_at}
+        for new, job in zip(news, jobs, strict=True)
+        for tag in dict.fromkeys(new.tags)
+    ]
+    if tags:
+        connection.execute(_INSERT_TAGS, tags)
+    return jobs
+
+
 def ensure_job(session: Session, new: NewJob) -> bool:
     """Insert the job unless it is already recorded; True when this call inserted it."""
     if session.get(Job, new.id) is not None:
