@@ -67,7 +67,6 @@ def _unauthorized(message: str) -> HTTPException:
 def get_caller(
     request: Request,
     response: Response,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
     # An app that mounts Conveyor with its own authentication has identified the caller.
@@ -79,7 +78,7 @@ def get_caller(
     address = request.client.host if request.client else "unknown"
     # Before the key is looked at: a blocked address learns nothing from its guesses.
     check_auth_block(address)
-    key = _checked_key(session, credentials.credentials)
+    key = _checked_key(credentials.credentials)
     if key is None:
         record_auth_failure(address)
         raise _unauthorized("invalid or revoked API key")
@@ -90,9 +89,11 @@ def get_caller(
     return caller
 
 
-def _checked_key(session: Session, plaintext: str) -> CheckedKey | None:
+def _checked_key(plaintext: str) -> CheckedKey | None:
     """The key, from this process's cache when it was checked moments ago, else from the
-    database; its last use is written at most once per LAST_USED_RESOLUTION."""
+    database (in a transaction of its own, ended before the route runs: a long request, an
+    event stream, must not hold a connection); its last use is written at most once per
+    LAST_USED_RESOLUTION."""
     ttl = get_settings().api_key_cache_seconds
     key = checked_keys.get(plaintext, ttl)
     now = utcnow()
@@ -100,15 +101,14 @@ def _checked_key(session: Session, plaintext: str) -> CheckedKey | None:
         last_used = as_utc(key.last_used_at)
         if last_used is not None and now - last_used <= LAST_USED_RESOLUTION:
             return key
-    record = api_keys.authenticate(session, plaintext)
-    if record is None:
-        return None
-    last_used = as_utc(record.last_used_at)
-    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-        record.last_used_at = now
-    # End the transaction now: a long request (an event stream) must not hold a connection.
-    session.commit()
-    key = CheckedKey(record.id, record.owner, record.is_admin, record.last_used_at)
+    with session_scope() as session:
+        record = api_keys.authenticate(session, plaintext)
+        if record is None:
+            return None
+        last_used = as_utc(record.last_used_at)
+        if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+            record.last_used_at = now
+        key = CheckedKey(record.id, record.owner, record.is_admin, record.last_used_at)
     checked_keys.put(plaintext, key, ttl)
     return key
 
