@@ -1,7 +1,8 @@
 """The API's submit path: Conveyor against the plain FastAPI + Celery pattern.
 
-    .venv/bin/python bench/submit.py [--requests N] [--concurrency C] [--serial S]
-        [--e2e-jobs J] [--rounds R] [--redis-db 15] [--database conveyor_bench_submit]
+    .venv/bin/python bench/submit.py [--client auto|wrk|python] [--seconds T]
+        [--requests N] [--concurrency C] [--serial S] [--e2e-jobs J] [--rounds R]
+        [--redis-db 15] [--database conveyor_bench_submit]
 
 Both sides give the same durable outcome: a committed row in PostgreSQL, then a message on
 the same Redis database (`--redis-db`, flushed before and after each step).
@@ -13,9 +14,12 @@ the same Redis database (`--redis-db`, flushed before and after each step).
             compared with a constant, one INSERT into a table of its own, commit, then
             `task.delay()` on a default Celery app (bench/_plain_tasks.py)
 
-Each side is loaded from a separate process (bench/_loadgen.py): N requests from C
-concurrent clients, then S (200) one at a time (after a few warm-up requests, not measured).
-No worker runs then; the queue is flushed afterwards. Figures per pass:
+Each side is loaded from a separate process: wrk when it is installed (`apt-get install
+wrk`; `--client wrk`), C concurrent connections for `--seconds` (5), then one connection for as
+long, each after a 1 s warm-up; else bench/_loadgen.py (`--client python`), N requests from C
+concurrent clients, then S (200) one at a time. wrk is the one to trust: a Python client
+costs about as much CPU per request as the plain route itself, and its latency adds to the
+server's. No worker runs then; the queue is flushed afterwards. Figures per pass:
 
   requests/s   completed requests over the pass's wall time
   p50/p90/p99  request latency as the client sees it, over loopback
@@ -163,6 +167,76 @@ def start_api(setup: Setup, side: Side, env: dict[str, str]) -> tuple[subprocess
         time.sleep(0.1)
 
 
+# wrk's script: the same POST as bench/_loadgen.py, and its figures as one JSON line.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"steps": 1, "step_seconds": 0}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_API_KEY")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "not_2xx": %d, "socket_errors": %d, '
+      .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+WRK_WARMUP_SECONDS = 1
+
+
+def wrk_pass(
+    side: Side,
+    api: subprocess.Popen[bytes],
+    url: str,
+    env: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    work_dir: Path,
+) -> dict[str, Any]:
+    """One wrk run (a C client: its own cost is next to nothing) for `seconds`."""
+    script = work_dir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+
+    def run(duration: float) -> dict[str, Any]:
+        argv = [
+            "wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency),
+            "-d", f"{max(1, round(duration))}s", "--timeout", "30s", "-s", str(script),
+            f"{url}{side.path}",
+        ]  # fmt: skip
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=duration + 60, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed:\n{done.stderr[-3000:]}")
+        figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return figures
+
+    run(WRK_WARMUP_SECONDS)
+    cpu_before, other_before = worker_cpu(api.pid)[0], other_cpu_seconds()
+    started = time.monotonic()
+    figures = run(seconds)
+    time.sleep(0.6)  # the CPU watcher samples every 0.5 s
+    count = figures["requests"]
+    ok = count - figures["not_2xx"] - figures["socket_errors"]
+    statuses = {"202": ok}
+    if count != ok:
+        statuses["other"] = count - ok
+    return {
+        "requests": count,
+        "concurrency": concurrency,
+        "requests_per_second": count / (figures["duration_us"] / 1e6),
+        "p50_ms": figures["p50_us"] / 1000,
+        "p90_ms": figures["p90_us"] / 1000,
+        "p99_ms": figures["p99_us"] / 1000,
+        "max_ms": figures["max_us"] / 1000,
+        "statuses": statuses,
+        "errors": [],
+        "cpu_ms_per_request": 1000 * (worker_cpu(api.pid)[0] - cpu_before) / max(count, 1),
+        "other_cpus": (other_cpu_seconds() - other_before) / (time.monotonic() - started),
+    }
+
+
 def load_pass(
     side: Side,
     api: subprocess.Popen[bytes],
@@ -245,10 +319,18 @@ def run_side(setup: Setup, side: Side, r: redis.Redis, args: argparse.Namespace)
     api, url = start_api(setup, side, env)
     result: dict[str, Any] = {}
     try:
-        result["loaded"] = load_pass(side, api, url, env, args.requests, args.concurrency)
+        if args.client == "wrk":
+            loaded = wrk_pass(side, api, url, env, args.seconds, args.concurrency, setup.work_dir)
+        else:
+            loaded = load_pass(side, api, url, env, args.requests, args.concurrency)
+        result["loaded"] = loaded
         r.flushdb()  # no worker will ever run these
         if args.serial:
-            result["serial"] = load_pass(side, api, url, env, args.serial, 1)
+            if args.client == "wrk":
+                serial = wrk_pass(side, api, url, env, args.seconds, 1, setup.work_dir)
+            else:
+                serial = load_pass(side, api, url, env, args.serial, 1)
+            result["serial"] = serial
             r.flushdb()
         if args.e2e_jobs:
             log = setup.work_dir / f"worker-{side.key}.log"
@@ -364,7 +446,18 @@ def main() -> int:
     )
     parser.add_argument("--database", default="conveyor_bench_submit", help="database to create")
     parser.add_argument("--keep-logs", action="store_true", help="keep the API and worker logs")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk (if installed: auto) or bench/_loadgen.py",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of a wrk pass")
     args = parser.parse_args()
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "python"
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not installed (apt-get install wrk)")
     if args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--requests, --concurrency and --rounds must be positive")
     if args.serial < 0 or args.e2e_jobs < 0:
@@ -399,10 +492,13 @@ def main() -> int:
     print(f"  conveyor {version('conveyor')}")
     print(f"  python {platform.python_version()}; {versions()}")
     print(f"  {os.cpu_count()} CPUs; Redis {setup.redis_url}; PostgreSQL {setup.pg_url}")
-    print(
-        f"  {args.requests} requests from {args.concurrency} clients, {args.serial} one at a "
-        f"time, {args.e2e_jobs} jobs end to end; {args.rounds} round(s), medians shown"
-    )
+    if args.client == "wrk":
+        passes = f"wrk, {args.seconds:g} s with {args.concurrency} clients"
+        passes += f", {args.seconds:g} s with one" if args.serial else ""
+    else:
+        passes = f"bench/_loadgen.py, {args.requests} requests from {args.concurrency} clients"
+        passes += f", {args.serial} one at a time" if args.serial else ""
+    print(f"  {passes}; {args.e2e_jobs} jobs end to end; {args.rounds} round(s), medians shown")
     print()
     global OTHER_CPU
     OTHER_CPU = OtherCpu()
