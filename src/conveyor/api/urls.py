@@ -8,6 +8,9 @@ address on the client's side.
 
 from __future__ import annotations
 
+from typing import Any
+from weakref import WeakKeyDictionary
+
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Scope
@@ -45,8 +48,25 @@ def rebase(url: str, scope: Scope, settings: Settings | None = None) -> str:
     return public_base_url(scope, settings) + path
 
 
+# Per app, each route's path with its parameters as {name} placeholders: url_path_for walks
+# every route of every included router, which is a good part of a short request's cost.
+_templates: WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], str]] = WeakKeyDictionary()
+
+
 def path_to(request: Request, route_name: str, **params: str) -> str:
     """The path of one of Conveyor's routes as this app serves it: under whatever prefix the
     router was included with, and the root path; relative, like every URL in answers."""
     root = str(request.scope.get("root_path", "")).rstrip("/")
-    return root + str(request.app.url_path_for(route_name, **params))
+    if any(not isinstance(value, str) or "/" in value for value in params.values()):
+        # Not a plain path segment: Starlette's own checks decide.
+        return root + str(request.app.url_path_for(route_name, **params))
+    names = tuple(sorted(params))
+    known = _templates.setdefault(request.app, {})
+    template = known.get((route_name, names))
+    if template is None:
+        placeholders = {name: f"{{{name}}}" for name in names}
+        template = str(request.app.url_path_for(route_name, **placeholders))
+        known[(route_name, names)] = template
+    for name in names:
+        template = template.replace(f"{{{name}}}", params[name])
+    return root + template
