@@ -47,7 +47,11 @@ def test_published_events_have_no_traceback(monkeypatch: pytest.MonkeyPatch) -> 
             published.append((channel, data))
             return 1
 
+        def exists(self, key: str) -> int:
+            return int(key == events.WATCHING_KEY)  # an API stream follows job events
+
     monkeypatch.setattr(events, "get_redis", FakeRedis)
+    monkeypatch.setattr(events._Watching, "until", 0.0)  # ask again, whatever was cached
     events.publish_job(snapshot_with_error())
     [(_, data)] = published
     assert json.loads(data)["error"] == {"type": "ConnectionError", "message": "down"}
@@ -78,3 +82,24 @@ def test_server_sent_events_have_no_traceback_but_the_job_does(
     data = json.loads(frame.split("data: ", 1)[1])
     assert data["state"] == "retrying"
     assert data["error"] == {"type": "ConnectionError", "message": "down"}
+
+
+def test_nothing_is_published_while_no_stream_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    published: list[str] = []
+    asked: list[str] = []
+
+    class NobodyWatching:
+        def publish(self, channel: str, data: str) -> int:
+            published.append(channel)
+            return 0
+
+        def exists(self, key: str) -> int:
+            asked.append(key)
+            return 0
+
+    monkeypatch.setattr(events, "get_redis", NobodyWatching)
+    monkeypatch.setattr(events._Watching, "until", 0.0)
+    for _ in range(5):
+        events.publish_job(snapshot_with_error())
+    assert published == []
+    assert asked == [events.WATCHING_KEY]  # asked once, then the answer is kept a moment

@@ -116,7 +116,8 @@ def _checked_key(plaintext: str) -> CheckedKey | None:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def require_admin(caller: CallerDep) -> Caller:
+async def require_admin(caller: CallerDep) -> Caller:
+    # async: a check this small must not cost a trip to the thread pool.
     if not caller.is_admin:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is for admins only")
     return caller

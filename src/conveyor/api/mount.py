@@ -61,17 +61,20 @@ class Conveyor:
         self.health_router = health.router
 
     def _build_router(self) -> APIRouter:
-        signed_in = APIRouter(dependencies=[Depends(self._identify_dependency())])
+        # One level of included routers: a request is matched through every level.
+        identify = [Depends(self._identify_dependency())]
         router = APIRouter()
-        for module in (jobs, dead_letters, diagnostics, webhooks, files, schedules, queues):
-            signed_in.include_router(module.router)
+        signed_in = [jobs, dead_letters, diagnostics, webhooks, files, schedules, queues]
+        public = []
         for workload in workloads.api_modules(self.settings):
-            signed_in.include_router(workload.router)
+            signed_in.append(workload)
             # Routes called by other systems, which sign their requests instead.
-            public = getattr(workload, "public_router", None)
-            if public is not None:
-                router.include_router(public)
-        router.include_router(signed_in)
+            if getattr(workload, "public_router", None) is not None:
+                public.append(workload.public_router)
+        for public_router in public:
+            router.include_router(public_router)
+        for module in signed_in:
+            router.include_router(module.router, dependencies=identify)
         return router
 
     def body_limits(self) -> dict[str, int]:
@@ -88,7 +91,7 @@ class Conveyor:
         owner = self._owner
         if owner is None:
 
-            def bind(request: Request) -> None:
+            async def bind(request: Request) -> None:
                 request.state.event_hub = hub
 
             return bind
