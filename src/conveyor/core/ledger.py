@@ -15,11 +15,23 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
+from conveyor.core.driver_sql import DriverStatement
 from conveyor.core.models import TERMINAL_STATES, Job, JobAttempt, JobState, JobTag, utcnow
 from conveyor.core.redaction import redact
 
@@ -255,29 +267,32 @@ def _prebuilt(allowed: tuple[str, ...], *, told: bool = False, **values: Any) ->
     _when_ending(values, JOBS.c.owner)
     if told:
         values["events_pending"] = False
+    # The allowed states are our own constants: written into the SQL, not expanded per call.
+    states = ", ".join(f"'{JobState(state).value}'" for state in allowed)
     return (
         update(JOBS)
-        .where(JOBS.c.id == bindparam("job_id"), JOBS.c.state.in_(allowed))
+        .where(JOBS.c.id == bindparam("job_id"), text(f"{JOBS.c.state.name} IN ({states})"))
         .values(**values)
         .returning(*JOBS.c)
     )
 
 
-_START_ATTEMPT = _prebuilt(
-    ACTIVE_STATES,
-    state=JobState.STARTED,
-    attempts=JOBS.c.attempts + 1,
-    started_at=bindparam("now", type_=JOBS.c.started_at.type),
-    worker_host=bindparam("worker_host", type_=JOBS.c.worker_host.type),
+_START_ATTEMPT = DriverStatement(
+    _prebuilt(
+        ACTIVE_STATES,
+        state=JobState.STARTED,
+        attempts=JOBS.c.attempts + 1,
+        started_at=bindparam("now", type_=JOBS.c.started_at.type),
+        worker_host=bindparam("worker_host", type_=JOBS.c.worker_host.type),
+    ),
+    per_call=("job_id", "now", "worker_host"),
 )
 
 
 def _run_prebuilt(
-    connection: Connection, statement: Update, job_id: str, **parameters: Any
+    connection: Connection, statement: DriverStatement, job_id: str, **parameters: Any
 ) -> dict[str, Any] | None:
-    row = connection.execute(statement, {"job_id": job_id, "now": utcnow(), **parameters})
-    found = row.mappings().first()
-    return dict(found) if found is not None else None
+    return statement.first(connection, {"job_id": job_id, "now": utcnow(), **parameters})
 
 
 def start_attempt(
@@ -305,7 +320,11 @@ _SUCCESS_PARAMETERS = {
     "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
 }
 _FINISH_SUCCESS = {
-    told: _prebuilt(ACTIVE_STATES, told=told, **_SUCCESS_PARAMETERS) for told in (False, True)
+    told: DriverStatement(
+        _prebuilt(ACTIVE_STATES, told=told, **_SUCCESS_PARAMETERS),
+        per_call=("job_id", "now", "result"),
+    )
+    for told in (False, True)
 }
 
 

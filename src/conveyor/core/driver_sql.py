@@ -1,0 +1,86 @@
+"""A statement run on every job, as plain SQL on psycopg: no SQLAlchemy execution per call.
+
+Through SQLAlchemy Core an `UPDATE … RETURNING` costs about 0.4 ms of CPU here; the same SQL
+sent straight to psycopg costs half that, and psycopg prepares it on the server after a few
+runs. The statement is compiled once per dialect, its fixed values already converted as
+SQLAlchemy would send them; each call converts only its own values. A driver error is raised
+as SQLAlchemy's, and a dropped connection is invalidated, so `db.retry_on_disconnect` and the
+outage handlers see what they always see. On other drivers (SQLite) the Core statement runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import UpdateBase
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    fixed: dict[str, Any]
+    converters: dict[str, Callable[[Any], Any]]
+
+
+class DriverStatement:
+    """`statement` with its per-call parameters named in `per_call`."""
+
+    def __init__(self, statement: UpdateBase, per_call: tuple[str, ...]) -> None:
+        self.statement = statement
+        self.per_call = per_call
+        self._compiled: dict[str, _Compiled] = {}
+
+    def first(self, connection: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run it with `values` (exactly the per-call names); the first row returned."""
+        if connection.dialect.driver != "psycopg":
+            row = connection.execute(self.statement, dict(values)).mappings().first()
+            return dict(row) if row is not None else None
+        compiled = self._compile(connection.dialect)
+        parameters = dict(compiled.fixed)
+        for name, value in values.items():
+            convert = compiled.converters.get(name)
+            parameters[name] = value if convert is None or value is None else convert(value)
+        return _run(connection, compiled.sql, parameters)
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is not None:
+            return compiled
+        unset = dict.fromkeys(self.per_call)
+        statement = self.statement.compile(dialect=dialect)
+        fixed: dict[str, Any] = {}
+        converters: dict[str, Callable[[Any], Any]] = {}
+        for name, value in statement.construct_params(unset).items():
+            bind = statement.binds[name]
+            convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if name in unset:
+                if convert is not None:
+                    converters[name] = convert
+            else:
+                fixed[name] = convert(value) if convert is not None else value
+        compiled = _Compiled(statement.string, fixed, converters)
+        self._compiled[dialect.name] = compiled
+        return compiled
+
+
+def _run(connection: Connection, sql: str, parameters: dict[str, Any]) -> dict[str, Any] | None:
+    from psycopg import Error
+    from psycopg.rows import dict_row
+
+    driver = connection.connection.driver_connection
+    try:
+        with driver.cursor(row_factory=dict_row) as cursor:  # type: ignore[union-attr]
+            cursor.execute(sql, parameters)
+            row: dict[str, Any] | None = cursor.fetchone()
+            return row
+    except Error as exc:
+        dropped = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+        if dropped:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, None, exc, Error, connection_invalidated=dropped, dialect=connection.dialect
+        ) from exc

@@ -1,0 +1,108 @@
+"""The hot ledger statements as plain SQL on psycopg: the same rows as through SQLAlchemy
+Core, and a dropped connection handled the same way."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from conveyor.core import db, driver_sql, ledger
+from conveyor.core.models import Base, Job
+from tests.integration.conftest import PG_ADMIN_URL, fresh_postgres_database
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    with fresh_postgres_database("conveyor_driver_sql") as url:
+        built = db.build_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        Base.metadata.create_all(built)
+        try:
+            yield built
+        finally:
+            built.dispose()
+
+
+def _new(engine: Engine, owner: str | None = None) -> str:
+    job_id = str(uuid.uuid4())
+    with engine.begin() as connection:
+        ledger.insert_job(connection, ledger.NewJob(id=job_id, name="t", queue="q", owner=owner))
+    return job_id
+
+
+def _through_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on any other driver: the Core statement."""
+    real = driver_sql.DriverStatement.first
+
+    def core(self: driver_sql.DriverStatement, connection: Any, values: Any) -> Any:
+        row = connection.execute(self.statement, dict(values)).mappings().first()
+        return dict(row) if row is not None else None
+
+    monkeypatch.setattr(driver_sql.DriverStatement, "first", core)
+    assert real is not core
+
+
+def _lifecycle(engine: Engine, result: Any, owner: str | None, told: bool) -> list[Any]:
+    job_id = _new(engine, owner)
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        started = ledger.start_attempt(connection, job_id, worker_host="host-a")
+        again = ledger.start_attempt(connection, job_id, worker_host="host-b")
+        finished = ledger.finish_success(connection, job_id, result, told=told)
+        late = ledger.finish_success(connection, job_id, "late", told=told)
+    with Session(engine) as session:
+        stored = session.scalars(select(Job).where(Job.id == job_id)).one()
+        kept = (stored.state, stored.result, stored.attempts, stored.events_pending, stored.payload)
+    assert started is not None
+    assert again is not None
+    assert finished is not None
+    assert late is None  # finished already: the statement matches nothing
+    rows = [started, again, finished]
+    moving = ("id", "created_at", "started_at", "finished_at", "updated_at")
+    return [{k: v for k, v in row.items() if k not in moving} for row in rows] + [kept]
+
+
+@pytest.mark.parametrize("result", [None, {"rows": 3, "name": "ü"}, [1, "two"], "text", 7])
+@pytest.mark.parametrize(("owner", "told"), [(None, False), ("alice", False), ("alice", True)])
+def test_driver_rows_are_the_rows_core_returns(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, result: Any, owner: str | None, told: bool
+) -> None:
+    on_driver = _lifecycle(engine, result, owner, told)
+    _through_core(monkeypatch)
+    on_core = _lifecycle(engine, result, owner, told)
+    assert on_driver == on_core
+    assert on_driver[-1] == ("succeeded", result, 2, owner is not None and not told, None)
+
+
+def test_a_dropped_connection_is_invalidated_and_the_write_retried(engine: Engine) -> None:
+    job_id = _new(engine)
+    with engine.connect() as connection:
+        backend = connection.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+
+    attempts: list[bool] = []
+
+    def start() -> dict[str, Any] | None:
+        with engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                return ledger.start_attempt(autocommit, job_id, worker_host="h")
+            except OperationalError as exc:
+                attempts.append(exc.connection_invalidated)
+                raise
+
+    row = db.retry_on_disconnect(start)
+    assert row is not None
+    assert row["attempts"] == 1
+    # Used moments ago, the connection was handed out without a ping (db.py): the driver
+    # found it dead, and the error said it was invalidated, so the retry took a new one.
+    assert attempts == [True]
