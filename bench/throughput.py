@@ -372,6 +372,17 @@ DIAGNOSTICS = (
             ("astuned", "  all of bare tuned's settings", TUNED_OVER_CONVEYOR),
         )
     ),
+    # Tracked with an owner, as API jobs are, reserving 4 messages per process as bare Celery
+    # does: the drain is bound by the wait between one job's ack and the next's delivery.
+    Scenario(
+        "diag-owned-prefetch4",
+        "  owned, prefetch multiplier 4",
+        "conveyor",
+        "owned",
+        "default",
+        True,
+        conf=json.dumps({"worker_prefetch_multiplier": 4}),
+    ),
     Scenario(
         "diag-info",
         "  log level INFO, JSON (defaults)",
@@ -780,8 +791,10 @@ def main() -> int:
 
         if args.diagnose:
             print()
-            print("Diagnostics: ConveyorTask track=False, one Conveyor setting changed at a time")
+            print("Diagnostics: one of Conveyor's settings changed at a time")
             for scenario in DIAGNOSTICS:
+                if args.only and scenario.key not in args.only.split(","):
+                    continue
                 summary = Summary(scenario)
                 for _ in range(args.rounds):
                     summary.runs.append(run_scenario(setup, scenario, r))

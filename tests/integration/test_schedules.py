@@ -149,6 +149,7 @@ def intervals(stack: Stack, group: str) -> list[tuple[float, float]]:
     return sorted((start, end) for start, end in pairs)
 
 
+@pytest.mark.one_database
 def test_overlap_policies_with_a_slow_task(
     stack: Stack, admin: httpx.Client, start_scheduler: Callable[[str], Process]
 ) -> None:

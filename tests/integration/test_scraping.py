@@ -100,6 +100,7 @@ def pages(client: httpx.Client, crawl_id: str, status: str | None = None) -> lis
     return found
 
 
+@pytest.mark.one_database
 def test_a_polite_crawl_of_three_hosts(stack: Stack) -> None:
     with (
         TestSite(pages_per_host=80, retry_after=RETRY_AFTER, crawl_delay=CRAWL_DELAY) as site,
