@@ -106,3 +106,26 @@ def test_a_dropped_connection_is_invalidated_and_the_write_retried(engine: Engin
     # Used moments ago, the connection was handed out without a ping (db.py): the driver
     # found it dead, and the error said it was invalidated, so the retry took a new one.
     assert attempts == [True]
+
+
+def _progress(engine: Engine) -> list[Any]:
+    job_id = _new(engine)
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        early = ledger.record_progress(connection, job_id, 1, 10, "not started yet")
+        ledger.start_attempt(connection, job_id, worker_host="h")
+        rows = [
+            ledger.record_progress(connection, job_id, 3, 10, "m" * 900),
+            ledger.record_progress(connection, job_id, 4, None, ""),
+        ]
+    assert early is None  # only a started job reports progress
+    columns = ("progress_current", "progress_total", "progress_message")
+    return [tuple(row[column] for column in columns) for row in rows if row]
+
+
+def test_progress_rows_are_the_rows_core_returns(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_driver = _progress(engine)
+    _through_core(monkeypatch)
+    assert on_driver == _progress(engine) == [(3, 10, "m" * 500), (4, None, None)]

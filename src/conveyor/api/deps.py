@@ -29,7 +29,9 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Function scope: the session commits when the route returns, before the answer is sent, so
+# a client that has its 2xx sees the change in its next request.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,31 @@ def finish_success(
     return _run_prebuilt(connection, statement, job_id, result=summarize_result(result))
 
 
+_RECORD_PROGRESS = DriverStatement(
+    _prebuilt(
+        (JobState.STARTED,),
+        progress_current=bindparam("current", type_=JOBS.c.progress_current.type),
+        progress_total=bindparam("total", type_=JOBS.c.progress_total.type),
+        progress_message=bindparam("message", type_=JOBS.c.progress_message.type),
+    ),
+    per_call=("job_id", "now", "current", "total", "message"),
+)
+
+
+def record_progress(
+    connection: Connection, job_id: str, current: int, total: int | None, message: str | None
+) -> dict[str, Any] | None:
+    """mark_progress on the hot path: a task reporting progress does it many times."""
+    return _run_prebuilt(
+        connection,
+        _RECORD_PROGRESS,
+        job_id,
+        current=current,
+        total=total,
+        message=(message or None) and message[:500],
+    )
+
+
 def mark_progress(
     session: Session, job_id: str, current: int, total: int | None, message: str | None
 ) -> Job | None:

@@ -142,12 +142,10 @@ class ConveyorTask(Task[..., Any]):
             raise JobCancelled(job_id)
         if not self.track:
             return
-        with session_scope() as session:
-            ledger.mark_progress(session, job_id, current, total, message)
-            job = session.get(Job, job_id)
-            snapshot = ledger.job_to_dict(job) if job else None
-        if snapshot:
-            publish_job(snapshot)
+        with autocommit() as connection:
+            row = ledger.record_progress(connection, job_id, current, total, message)
+        if row is not None and someone_watching():
+            publish_job(ledger.job_to_dict(row))
 
     # --- the run ---------------------------------------------------------------------------
 
