@@ -90,6 +90,8 @@ def test_a_result_the_ledger_refused_is_kept_for_the_reconciler(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = get_celery().tasks[TASK]
+    if task.request_stack is None:  # the app was configured anew by an earlier test
+        type(task).bind(get_celery())
     job_id = "hot-path-refused"
     backend = get_celery().backend
     backend.forget(job_id)
