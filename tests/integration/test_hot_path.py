@@ -10,12 +10,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from celery.utils.threads import LocalStack
 from sqlalchemy.exc import OperationalError
 
 from conveyor.core import db, events, ledger
 from conveyor.core.celery_app import get_celery
 from conveyor.core.jobs import Submission, submit_many
 from conveyor.core.redis_client import job_channel
+from conveyor.core.task import ConveyorTask
 from tests.integration.conftest import Stack, submit_diagnostics
 
 pytestmark = pytest.mark.integration
@@ -89,9 +91,17 @@ def test_an_open_event_stream_tells_workers_to_publish(
 def test_a_result_the_ledger_refused_is_kept_for_the_reconciler(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    task = get_celery().tasks[TASK]
-    if task.request_stack is None:  # the app was configured anew by an earlier test
-        type(task).bind(get_celery())
+    class Probe(ConveyorTask):
+        """A tracked task of its own, bound here: the registry's may have been replaced by
+        an earlier test that configured the app anew."""
+
+        name = "tests.hot_path.probe"
+
+    Probe.bind(get_celery())
+    # bind() makes a request stack only for a class not bound before, and a bound base
+    # class (ConveyorTask, after some earlier test) counts as bound.
+    Probe.request_stack = LocalStack()
+    task = Probe()
     job_id = "hot-path-refused"
     backend = get_celery().backend
     backend.forget(job_id)
