@@ -48,7 +48,7 @@ def rebase(url: str, scope: Scope, settings: Settings | None = None) -> str:
     return public_base_url(scope, settings) + path
 
 
-# Per app, each route's path with its parameters as {name} placeholders: url_path_for walks
+# Per app, each route's path with "{name}" where each parameter goes: url_path_for walks
 # every route of every included router, which is a good part of a short request's cost.
 _templates: WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...]], str]] = WeakKeyDictionary()
 
@@ -64,8 +64,8 @@ def path_to(request: Request, route_name: str, **params: str) -> str:
     known = _templates.setdefault(request.app, {})
     template = known.get((route_name, names))
     if template is None:
-        placeholders = {name: f"{{{name}}}" for name in names}
-        template = str(request.app.url_path_for(route_name, **placeholders))
+        marked = {name: f"{{{name}}}" for name in names}
+        template = str(request.app.url_path_for(route_name, **marked))
         known[(route_name, names)] = template
     for name in names:
         template = template.replace(f"{{{name}}}", params[name])
