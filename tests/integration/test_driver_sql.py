@@ -129,3 +129,35 @@ def test_progress_rows_are_the_rows_core_returns(
     on_driver = _progress(engine)
     _through_core(monkeypatch)
     assert on_driver == _progress(engine) == [(3, 10, "m" * 500), (4, None, None)]
+
+
+def test_statements_run_in_the_ledger_schema() -> None:
+    """CONVEYOR_DATABASE_SCHEMA: the plain SQL names the engine's schema, as Core would; a
+    same-named table in the default schema is left untouched."""
+    with fresh_postgres_database("conveyor_driver_schema") as url:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("CREATE SCHEMA tenant")
+        built = db.build_engine(
+            url.replace("postgresql://", "postgresql+psycopg://"), schema="tenant"
+        )
+        plain = db.build_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            Base.metadata.create_all(built)
+            Base.metadata.create_all(plain)  # a decoy in public
+            job_id = _new(built)
+            with psycopg.connect(url, autocommit=True) as check:
+                check.execute("INSERT INTO public.conveyor_jobs SELECT * FROM tenant.conveyor_jobs")
+            with built.connect() as connection:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                assert ledger.start_attempt(connection, job_id, worker_host="h") is not None
+                assert ledger.finish_success(connection, job_id, 5, told=True) is not None
+            with psycopg.connect(url) as check:
+                states = check.execute(
+                    "SELECT (SELECT state FROM tenant.conveyor_jobs WHERE id = %s),"
+                    " (SELECT state FROM public.conveyor_jobs WHERE id = %s)",
+                    (job_id, job_id),
+                ).fetchone()
+            assert states == ("succeeded", "queued")
+        finally:
+            built.dispose()
+            plain.dispose()

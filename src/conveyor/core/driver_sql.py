@@ -32,26 +32,33 @@ class DriverStatement:
     def __init__(self, statement: UpdateBase, per_call: tuple[str, ...]) -> None:
         self.statement = statement
         self.per_call = per_call
-        self._compiled: dict[str, _Compiled] = {}
+        self._compiled: dict[tuple[str, tuple[tuple[str | None, str | None], ...]], _Compiled] = {}
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run it with `values` (exactly the per-call names); the first row returned."""
         if connection.dialect.driver != "psycopg":
             row = connection.execute(self.statement, dict(values)).mappings().first()
             return dict(row) if row is not None else None
-        compiled = self._compile(connection.dialect)
+        compiled = self._compile(connection.dialect, _schemas(connection))
         parameters = dict(compiled.fixed)
         for name, value in values.items():
             convert = compiled.converters.get(name)
             parameters[name] = value if convert is None or value is None else convert(value)
         return _run(connection, compiled.sql, parameters)
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
-        compiled = self._compiled.get(dialect.name)
+    def _compile(
+        self, dialect: Dialect, schemas: tuple[tuple[str | None, str | None], ...]
+    ) -> _Compiled:
+        key = (dialect.name, schemas)
+        compiled = self._compiled.get(key)
         if compiled is not None:
             return compiled
         unset = dict.fromkeys(self.per_call)
-        statement = self.statement.compile(dialect=dialect)
+        # The engine's schema (CONVEYOR_DATABASE_SCHEMA) written into the SQL, as SQLAlchemy
+        # would at execution.
+        statement = self.statement.compile(
+            dialect=dialect, schema_translate_map=dict(schemas), render_schema_translate=True
+        )
         fixed: dict[str, Any] = {}
         converters: dict[str, Callable[[Any], Any]] = {}
         for name, value in statement.construct_params(unset).items():
@@ -63,8 +70,13 @@ class DriverStatement:
             else:
                 fixed[name] = convert(value) if convert is not None else value
         compiled = _Compiled(statement.string, fixed, converters)
-        self._compiled[dialect.name] = compiled
+        self._compiled[key] = compiled
         return compiled
+
+
+def _schemas(connection: Connection) -> tuple[tuple[str | None, str | None], ...]:
+    translate = connection.get_execution_options().get("schema_translate_map") or {}
+    return tuple(sorted(translate.items(), key=lambda item: item[0] or ""))
 
 
 def _run(connection: Connection, sql: str, parameters: dict[str, Any]) -> dict[str, Any] | None:
