@@ -74,7 +74,9 @@ from throughput import (
     Setup,
     _cleanup,
     _on_signal,
+    add_set_argument,
     fresh_database,
+    parse_overrides,
     spawn,
     stop,
     versions,
@@ -453,6 +455,7 @@ def main() -> int:
         help="load generator: wrk (if installed: auto) or bench/_loadgen.py",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of a wrk pass")
+    add_set_argument(parser)
     args = parser.parse_args()
     if args.client == "auto":
         args.client = "wrk" if shutil.which("wrk") else "python"
@@ -477,6 +480,7 @@ def main() -> int:
         pg_url=f"{args.postgres.rsplit('/', 1)[0]}/{args.database}",
         work_dir=work_dir,
         drain_timeout=0,
+        overrides=parse_overrides(args.set),
     )
     r = redis.Redis.from_url(setup.redis_url, socket_timeout=10)
     r.ping()

@@ -137,6 +137,8 @@ class Setup:
     pg_url: str
     work_dir: Path
     drain_timeout: float
+    # --set NAME=VALUE: Conveyor settings the children get, to measure one changed.
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def env(self, app: str, conf: str = "") -> dict[str, str]:
         """The environment of every child: no CONVEYOR_* from the caller, only ours."""
@@ -156,6 +158,7 @@ class Setup:
         )
         if conf:
             env["BENCH_CONF"] = conf
+        env.update(self.overrides)
         return env
 
     def settings(self) -> Any:
@@ -171,6 +174,27 @@ class Setup:
 
 # psycopg and httpx are imported where used: bench/others.py runs the bare Celery scenario
 # from a virtualenv that has neither.
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`--set CONVEYOR_NAME=value` arguments as environment entries."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("CONVEYOR_"):
+            raise SystemExit(f"--set {pair!r}: expected CONVEYOR_NAME=value")
+        overrides[name] = value
+    return overrides
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="CONVEYOR_NAME=VALUE",
+        help="a Conveyor setting for the API and workers (repeatable); the defaults otherwise",
+    )
 
 
 def fresh_database(admin_url: str, name: str) -> None:
@@ -712,6 +736,7 @@ def main() -> int:
     )
     parser.add_argument("--drain-timeout", type=float, default=120.0, help="seconds per run")
     parser.add_argument("--keep-logs", action="store_true", help="keep worker and API logs")
+    add_set_argument(parser)
     args = parser.parse_args()
     if args.tasks < 1 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--tasks, --concurrency and --rounds must be positive")
@@ -728,6 +753,7 @@ def main() -> int:
         pg_url=f"{args.postgres.rsplit('/', 1)[0]}/{args.database}",
         work_dir=work_dir,
         drain_timeout=args.drain_timeout,
+        overrides=parse_overrides(args.set),
     )
     r = redis.Redis.from_url(setup.redis_url, socket_timeout=10)
     r.ping()
