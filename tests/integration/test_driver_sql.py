@@ -34,7 +34,18 @@ def engine() -> Iterator[Engine]:
 def _new(engine: Engine, owner: str | None = None) -> str:
     job_id = str(uuid.uuid4())
     with engine.begin() as connection:
-        ledger.insert_job(connection, ledger.NewJob(id=job_id, name="t", queue="q", owner=owner))
+        ledger.insert_job(
+            connection,
+            ledger.NewJob(
+                id=job_id,
+                name="t",
+                queue="q",
+                owner=owner,
+                args=(1, "ü", None),
+                kwargs={"to": ["a@example.com"], "n": 2.5},
+                tags=("x", "y"),
+            ),
+        )
     return job_id
 
 
@@ -46,7 +57,11 @@ def _through_core(monkeypatch: pytest.MonkeyPatch) -> None:
         row = connection.execute(self.statement, dict(values)).mappings().first()
         return dict(row) if row is not None else None
 
+    def core_execute(self: driver_sql.DriverStatement, connection: Any, values: Any) -> None:
+        connection.execute(self.statement, dict(values))
+
     monkeypatch.setattr(driver_sql.DriverStatement, "first", core)
+    monkeypatch.setattr(driver_sql.DriverStatement, "execute", core_execute)
     assert real is not core
 
 
@@ -61,6 +76,7 @@ def _lifecycle(engine: Engine, result: Any, owner: str | None, told: bool) -> li
     with Session(engine) as session:
         stored = session.scalars(select(Job).where(Job.id == job_id)).one()
         kept = (stored.state, stored.result, stored.attempts, stored.events_pending, stored.payload)
+        assert (stored.args, stored.kwargs) == ([1, "ü", None], {"to": ["a@example.com"], "n": 2.5})
     assert started is not None
     assert again is not None
     assert finished is not None
@@ -161,3 +177,28 @@ def test_statements_run_in_the_ledger_schema() -> None:
         finally:
             built.dispose()
             plain.dispose()
+
+
+def test_relaxed_writes_end_their_setting_with_their_statement(engine: Engine) -> None:
+    """The `started` and progress writes skip the wait for the disk on their own statement
+    only: the connection, and any transaction around them, keep waiting for it."""
+    job_id = _new(engine)
+    hostile = "it's ü; DROP TABLE conveyor_jobs; --"
+    with engine.connect() as connection:
+        auto = connection.execution_options(isolation_level="AUTOCOMMIT")
+        started = ledger.start_attempt(auto, job_id, worker_host=hostile)
+        progress = ledger.record_progress(auto, job_id, 1, 2, hostile)
+        after = auto.exec_driver_sql("SHOW synchronous_commit").scalar()
+    assert started is not None
+    assert started["worker_host"] == hostile
+    assert progress is not None
+    assert progress["progress_message"] == hostile
+    assert after == "on"
+    with engine.begin() as connection:
+        ledger.record_progress(connection, job_id, 2, 2, "in a transaction")
+        inside = connection.exec_driver_sql("SHOW synchronous_commit").scalar()
+    assert inside == "on"
+    with Session(engine) as session:
+        stored = session.get(Job, job_id)
+        assert stored is not None
+        assert (stored.progress_current, stored.progress_message) == (2, "in a transaction")

@@ -146,7 +146,12 @@ def test_failed_authentications_are_throttled_per_address(stack: Stack) -> None:
     good = stack.key_for("auth-probe")
     attacker = {"X-Forwarded-For": f"203.0.113.{uuid.uuid4().int % 250 + 1}"}
     bystander = {"X-Forwarded-For": "198.51.100.7"}
-    with extra_api(stack, "auth-limit", CONVEYOR_API_AUTH_FAILURES_PER_MINUTE="20") as base_url:
+    limits = {
+        "CONVEYOR_API_AUTH_FAILURES_PER_MINUTE": "20",
+        # On as well: a key checked already then takes both checks in one round trip.
+        "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "1000",
+    }
+    with extra_api(stack, "auth-limit", **limits) as base_url:
 
         def get(key: str, origin: dict[str, str]) -> httpx.Response:
             headers = {"Authorization": f"Bearer {key}", **origin}
@@ -166,6 +171,8 @@ def test_failed_authentications_are_throttled_per_address(stack: Stack) -> None:
         # While blocked, even the right key is not confirmed; other addresses go on.
         assert get(good, attacker).status_code == 429
         assert get(good, bystander).status_code == 200
+        # Now checked and kept by the API process: still refused from the blocked address.
+        assert get(good, attacker).status_code == 429
         time.sleep(wait + 0.2)
         assert get(good, attacker).status_code == 200
 

@@ -12,7 +12,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from conveyor.api.key_cache import CheckedKey, checked_keys
-from conveyor.api.rate_limit import check_auth_block, limit_api_key, record_auth_failure
+from conveyor.api.rate_limit import (
+    admit_known_key,
+    check_auth_block,
+    limit_api_key,
+    record_auth_failure,
+)
 from conveyor.core import api_keys
 from conveyor.core.db import session_scope
 from conveyor.core.ledger import as_utc
@@ -78,17 +83,33 @@ def get_caller(
     if credentials is None:
         raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     address = request.client.host if request.client else "unknown"
-    # Before the key is looked at: a blocked address learns nothing from its guesses.
-    check_auth_block(address)
-    key = _checked_key(credentials.credentials)
-    if key is None:
-        record_auth_failure(address)
-        raise _unauthorized("invalid or revoked API key")
-    # Before any work for the request; 429 with Retry-After when the key is over its limit.
-    limit_api_key(key.id, response)
+    key = _cached_key(credentials.credentials)
+    if key is not None:
+        # The block and the key's limit in one round trip; nothing was looked up.
+        admit_known_key(address, key.id, response)
+    else:
+        # Before the key is looked at: a blocked address learns nothing from its guesses.
+        check_auth_block(address)
+        key = _checked_key(credentials.credentials)
+        if key is None:
+            record_auth_failure(address)
+            raise _unauthorized("invalid or revoked API key")
+        # Before any work for the request; 429 with Retry-After when over the key's limit.
+        limit_api_key(key.id, response)
     caller = Caller(key_id=key.id, owner=key.owner, is_admin=key.is_admin, via_api_key=True)
     request.state.caller = caller
     return caller
+
+
+def _cached_key(plaintext: str) -> CheckedKey | None:
+    """The key, when this process checked it moments ago and its last use needs no write."""
+    key = checked_keys.get(plaintext, get_settings().api_key_cache_seconds)
+    if key is None:
+        return None
+    last_used = as_utc(key.last_used_at)
+    if last_used is None or utcnow() - last_used > LAST_USED_RESOLUTION:
+        return None
+    return key
 
 
 def _checked_key(plaintext: str) -> CheckedKey | None:
@@ -96,13 +117,11 @@ def _checked_key(plaintext: str) -> CheckedKey | None:
     database (in a transaction of its own, ended before the route runs: a long request, an
     event stream, must not hold a connection); its last use is written at most once per
     LAST_USED_RESOLUTION."""
-    ttl = get_settings().api_key_cache_seconds
-    key = checked_keys.get(plaintext, ttl)
-    now = utcnow()
+    key = _cached_key(plaintext)
     if key is not None:
-        last_used = as_utc(key.last_used_at)
-        if last_used is not None and now - last_used <= LAST_USED_RESOLUTION:
-            return key
+        return key
+    ttl = get_settings().api_key_cache_seconds
+    now = utcnow()
     with session_scope() as session:
         record = api_keys.authenticate(session, plaintext)
         if record is None:

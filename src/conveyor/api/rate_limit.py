@@ -23,7 +23,16 @@ import logging
 from fastapi import HTTPException, Request, Response, status
 from redis.exceptions import RedisError
 
-from conveyor.core.rate_limit import RATE_PREFIX, Rate, acquire, retry_after_header
+from conveyor.core.rate_limit import (
+    RATE_PREFIX,
+    Bucket,
+    Decision,
+    Rate,
+    acquire,
+    decision_of,
+    queue_take,
+    retry_after_header,
+)
 from conveyor.core.redis_client import get_redis
 from conveyor.core.settings import SettingsError, get_settings
 
@@ -46,6 +55,10 @@ def limit_api_key(key_id: str, response: Response | None = None) -> None:
         # Fail open: a Redis blip must not turn every request away; the limit is protection.
         log.warning("API rate limit not checked (Redis unavailable): %s", exc)
         return
+    _answer(decision, per_minute, response)
+
+
+def _answer(decision: Decision, per_minute: int, response: Response | None) -> None:
     if not decision.allowed:
         wait = retry_after_header(decision.retry_after)
         raise HTTPException(
@@ -57,6 +70,36 @@ def limit_api_key(key_id: str, response: Response | None = None) -> None:
     if response is not None:
         response.headers["X-RateLimit-Limit"] = str(per_minute)
         response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
+
+
+def admit_known_key(address: str, key_id: str, response: Response | None = None) -> None:
+    """`check_auth_block(address)`, then `limit_api_key(key_id)`, in one Redis round trip.
+
+    Only for a key this process has checked already (api/deps.py's cache): then nothing
+    about the key is looked up before the block is known, and a blocked address gets the
+    same 429 whatever key it sends (the request it costs the key's limit is harmless)."""
+    settings = get_settings()
+    per_minute = settings.api_rate_limit_per_minute
+    if per_minute <= 0 or settings.api_auth_failures_per_minute <= 0:
+        check_auth_block(address)
+        limit_api_key(key_id, response)
+        return
+    bucket = Bucket(KEY_PREFIX + key_id, Rate(per_minute, 60.0, burst=per_minute))
+    try:
+        pipeline = get_redis().pipeline(transaction=False)
+        pipeline.pttl(AUTH_BLOCK_PREFIX + address)
+        queue_take(pipeline, [bucket])
+        left_ms, answer = pipeline.execute(raise_on_error=False)
+    except (RedisError, SettingsError) as exc:
+        log.warning("API limits not checked (Redis unavailable): %s", exc)
+        return
+    if isinstance(left_ms, int) and left_ms > 0:
+        per_address = settings.api_auth_failures_per_minute
+        raise _too_many_failures(per_address, retry_after_header(left_ms / 1000))
+    if isinstance(answer, Exception):
+        limit_api_key(key_id, response)  # NOSCRIPT (a restarted Redis): this loads it
+        return
+    _answer(decision_of(answer, [bucket]), per_minute, response)
 
 
 def api_rate_limit(request: Request, response: Response) -> None:

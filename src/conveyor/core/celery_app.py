@@ -48,6 +48,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
+        # One result backend for all of a process's threads (its Redis client is thread-safe):
+        # otherwise each new thread of the API's pool builds its own, with its own connections.
+        "result_backend_thread_safe": True,
         # Acknowledge after the task finishes, so a worker that dies mid-task loses nothing...
         "task_acks_late": True,
         # ...including when the child process is killed (OOM, SIGKILL): requeue, not fail.

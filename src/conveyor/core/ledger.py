@@ -161,7 +161,7 @@ def insert_job(connection: Connection, new: NewJob) -> Job:
     """create_job for the submit path: Core INSERTs on the caller's connection, no ORM unit of
     work. The returned Job is not attached to any session."""
     job = _row(new)
-    connection.execute(_INSERT_JOB, {column.key: getattr(job, column.key) for column in JOBS.c})
+    _INSERT_ONE.execute(connection, {column.key: getattr(job, column.key) for column in JOBS.c})
     tags = dict.fromkeys(new.tags)
     if tags:
         rows = [{"job_id": new.id, "tag": tag, "created_at": job.created_at} for tag in tags]
@@ -255,6 +255,8 @@ def mark_started(session: Session, new: NewJob, *, worker_host: str | None) -> J
 
 JOBS = cast(Table, Job.__table__)
 _INSERT_JOB = insert(JOBS)
+# One job per submit: every column given, as plain SQL on psycopg (driver_sql.py).
+_INSERT_ONE = DriverStatement(_INSERT_JOB, per_call=tuple(column.key for column in JOBS.c))
 _INSERT_TAGS = insert(cast(Table, JobTag.__table__))
 
 
@@ -286,6 +288,7 @@ _START_ATTEMPT = DriverStatement(
         worker_host=bindparam("worker_host", type_=JOBS.c.worker_host.type),
     ),
     per_call=("job_id", "now", "worker_host"),
+    relaxed=True,
 )
 
 
@@ -344,6 +347,7 @@ _RECORD_PROGRESS = DriverStatement(
         progress_message=bindparam("message", type_=JOBS.c.progress_message.type),
     ),
     per_call=("job_id", "now", "current", "total", "message"),
+    relaxed=True,
 )
 
 

@@ -179,6 +179,14 @@ def take_all(
     """
     if not buckets:
         return Decision(allowed=True)
+    keys, args = script_call(buckets, at)
+    return decision_of(_GCRA(client or get_redis(), keys, args), buckets)
+
+
+def script_call(
+    buckets: Sequence[Bucket], at: float | None = None
+) -> tuple[list[str], list[str | int | float]]:
+    """The keys and arguments of the GCRA script for `buckets` (see `queue_take`)."""
     args: list[str | int | float] = ["" if at is None else _us(at)]
     for bucket in buckets:
         parsed = parse_rate(bucket.rate)
@@ -188,8 +196,19 @@ def take_all(
             raise ValueError(f"horizon must not be negative, got {bucket.horizon}")
         interval = _us(parsed.interval)
         args += [interval, interval * parsed.burst, bucket.cost, _us(bucket.horizon)]
-    keys = [RATE_PREFIX + bucket.key for bucket in buckets]
-    code, wait, remaining, refused = _GCRA(client or get_redis(), keys, args)
+    return [RATE_PREFIX + bucket.key for bucket in buckets], args
+
+
+def queue_take(pipeline: redis.client.Pipeline, buckets: Sequence[Bucket]) -> None:
+    """Queue `take_all(buckets)` on a pipeline, to share its round trip with other commands;
+    read its answer with `decision_of`. A Redis that lost the script answers NOSCRIPT there:
+    the caller then asks again with `take_all`, which loads it."""
+    keys, args = script_call(buckets)
+    pipeline.evalsha(_GCRA.sha, len(keys), *keys, *args)
+
+
+def decision_of(answer: Sequence[int], buckets: Sequence[Bucket]) -> Decision:
+    code, wait, remaining, refused = answer
     return Decision(
         allowed=int(code) == 1,
         retry_after=int(wait) / 1_000_000,
