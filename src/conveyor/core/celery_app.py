@@ -11,8 +11,11 @@ from typing import Any
 from celery import Celery
 from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 
-from conveyor.core import brokers, workloads
+from conveyor.core import brokers, kombu_redis, workloads
 from conveyor.core.settings import Settings, SettingsError, get_settings
+
+# Before any broker connection: kombu's Redis transport keeping one client per channel.
+kombu_redis.install()
 
 _lock = threading.Lock()
 _modules_imported = False
