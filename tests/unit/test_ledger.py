@@ -505,3 +505,19 @@ def test_count_by_state(session: Session) -> None:
     make_job(session, "c")
     ledger.mark_cancelled(session, "c")
     assert ledger.count_by_state(session) == {"queued": 2, "cancelled": 1}
+
+
+def test_a_failed_statement_does_not_carry_the_job_arguments(engine: Engine) -> None:
+    """Database errors are logged and shown in tracebacks: they name the statement, never
+    its values, which hold the real arguments kept for republishing (secrets included)."""
+    from sqlalchemy.exc import IntegrityError
+
+    secret = NewJob(
+        id="dup", name="t", queue="q", kwargs={"api_token": "tok-live-123"}, republishable=True
+    )
+    with engine.begin() as connection:
+        ledger.insert_job(connection, secret)
+    with pytest.raises(IntegrityError) as failed, engine.begin() as connection:
+        ledger.insert_job(connection, secret)
+    assert "conveyor_jobs" in str(failed.value)
+    assert "tok-live-123" not in str(failed.value)

@@ -126,3 +126,19 @@ def test_one_bad_submission_records_none_of_the_batch(ledger: Engine) -> None:
         submit_many([good, bad], app=app)  # type: ignore[arg-type]
     assert _states(ledger, ["fine-1", "bad-1"]) == [None, None]
     assert app.sent == []
+
+
+def test_events_and_flower_are_shown_the_masked_arguments(ledger: Engine) -> None:
+    """Celery puts a repr of the arguments in each message, which task events and Flower
+    show: for a submitted job it is the ledger's masked copy, never the secrets."""
+    app = RecordingApp()
+    secret_kwargs = {"api_token": "s3cr3t-value", "card": "4242 4242 4242 4242", "n": 1}
+    submit(Submission("conveyor.diagnostics.run", args=["x" * 5000], kwargs=secret_kwargs), app=app)  # type: ignore[arg-type]
+    submit_many([Submission("conveyor.diagnostics.run", kwargs={"password": "pw-123"})], app=app)  # type: ignore[arg-type]
+    (_, first), (_, second) = app.sent
+    assert first["kwargs"] == secret_kwargs  # the task itself gets the real values
+    shown = first["argsrepr"] + first["kwargsrepr"] + second["kwargsrepr"]
+    for secret in ("s3cr3t-value", "4242 4242 4242 4242", "pw-123"):
+        assert secret not in shown
+    assert "'n': 1" in first["kwargsrepr"]
+    assert len(first["argsrepr"]) <= 1024

@@ -63,6 +63,7 @@ def build_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_pre_ping=True,
+            hide_parameters=True,
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
@@ -70,6 +71,9 @@ def build_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        # A failed statement's error (logged, shown in a traceback) names the statement but
+        # not its values: they include job arguments, which may hold secrets.
+        hide_parameters=True,
         # Recycle before common idle timeouts (PgBouncer, cloud load balancers) bite.
         pool_recycle=pool_recycle,
         # The tables are declared without a schema; this puts every statement in ours.

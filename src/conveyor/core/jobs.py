@@ -32,6 +32,8 @@ HEADER_OWNER = "conveyor_owner"
 # A cancel flag outlives any job that could still be running (the longest visibility window).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
 MAX_TAG_LENGTH = 100
+# Celery's own bound on the arguments shown in task events (`argsrepr_maxsize`).
+REPR_MAX = 1024
 
 
 @dataclass
@@ -76,7 +78,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
         if existing is None:
             raise
         return existing
-    _publish(app, prepared)
+    _publish(app, prepared, job)
     return job
 
 
@@ -111,7 +113,7 @@ def submit_many(submissions: Sequence[Submission], *, app: Celery | None = None)
         with app.producer_or_acquire() as producer:
             for position, ((index, prepared), job) in enumerate(zip(batch, jobs, strict=True)):
                 try:
-                    _publish(app, prepared, producer=producer)
+                    _publish(app, prepared, job, producer=producer)
                 except Exception as exc:
                     _not_published([later for _, later in batch[position + 1 :]], exc)
                     raise
@@ -174,13 +176,17 @@ def _prepare(submission: Submission, app: Celery) -> _Prepared | Job:
     return _Prepared(new, headers, claim, submission.countdown)
 
 
-def _publish(app: Celery, prepared: _Prepared, *, producer: Any = None) -> None:
+def _publish(app: Celery, prepared: _Prepared, job: Job, *, producer: Any = None) -> None:
     new = prepared.new
     try:
         app.send_task(
             new.name,
             args=list(new.args),
             kwargs=dict(new.kwargs or {}),
+            # What Flower and task events show of the arguments: the ledger's masked copy
+            # (secrets hidden), instead of Celery's repr of the real ones.
+            argsrepr=_shown(job.args),
+            kwargsrepr=_shown(job.kwargs),
             task_id=new.id,
             queue=new.queue,
             countdown=prepared.countdown,
@@ -194,6 +200,11 @@ def _publish(app: Celery, prepared: _Prepared, *, producer: Any = None) -> None:
     except Exception as exc:
         _not_published([prepared], exc)
         raise
+
+
+def _shown(masked: Any) -> str:
+    text = repr(masked)
+    return text if len(text) <= REPR_MAX else text[: REPR_MAX - 3] + "..."
 
 
 def _not_published(refused: list[_Prepared], exc: Exception) -> None:
