@@ -249,8 +249,12 @@ class Settings(BaseSettings):
         description="Longest wait between retries (seconds); must be below the visibility timeout.",
     )
 
+    # Above the API's usual concurrency: a smaller pool closes and reopens connections under
+    # load (a PostgreSQL backend started for a handful of requests each).
     db_pool_size: int = Field(
-        default=5, ge=1, description="Database connections each process keeps open."
+        default=10,
+        ge=1,
+        description="Database connections each process keeps open; as many more under load.",
     )
     db_pool_recycle: int = Field(
         default=1800,
