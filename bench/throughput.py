@@ -178,12 +178,17 @@ class Setup:
 
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
     """`--set CONVEYOR_NAME=value` arguments as environment entries."""
+    from conveyor.core.settings_docs import unknown_variables
+
     overrides = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.startswith("CONVEYOR_"):
             raise SystemExit(f"--set {pair!r}: expected CONVEYOR_NAME=value")
         overrides[name] = value
+    unknown = unknown_variables(overrides)
+    if unknown:
+        raise SystemExit("--set: " + unknown[0].replace(" and is ignored", ""))
     return overrides
 
 
