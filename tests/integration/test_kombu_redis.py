@@ -50,7 +50,7 @@ def test_a_channel_keeps_one_client_and_messages_still_flow(system_redis_url: st
 
 
 def test_conveyor_apps_publish_through_it(system_redis_url: str) -> None:
-    app = create_celery_app(Settings(redis_url=system_redis_url))
+    app = create_celery_app(Settings(redis_url=system_redis_url, broker_url=system_redis_url))
     with app.connection_for_write() as connection:
         assert isinstance(connection.default_channel, kombu_redis.Channel)
         assert connection.as_uri().startswith("redis://")
