@@ -194,3 +194,27 @@ def test_the_digit_groups_ending_a_uuid_are_not_a_card_number() -> None:
     job_id = "df1cda29-206b-4f22-8016-935398168571"
     assert redact({"job_id": job_id}) == {"job_id": job_id}
     assert redact("paid with 4242-4242-4242-4242") == "paid with [redacted]"
+
+
+def test_every_published_message_shows_its_arguments_masked() -> None:
+    """Task events and Flower show a message's `argsrepr`/`kwargsrepr`: a submit, a retry,
+    a re-published wait and a plain `.delay()` all pass through before_task_publish."""
+    from celery import Celery
+
+    from conveyor.core import signals
+
+    signals.install()
+    app = Celery("shown", broker="memory://", set_as_current=False)
+    secrets = {"password": "pw-live-1", "card": "4242 4242 4242 4242", "note": "x" * 5000}
+    app.send_task("shown.task", args=["4111111111111111", 3], kwargs=secrets, queue="shown")
+    with app.connection() as connection:
+        message = connection.SimpleQueue("shown").get(timeout=5)
+        headers = message.headers
+        message.ack()
+    shown = headers["argsrepr"] + headers["kwargsrepr"]
+    for secret in ("pw-live-1", "4242 4242 4242 4242", "4111111111111111"):
+        assert secret not in shown
+    assert REDACTED in headers["kwargsrepr"]
+    assert ", 3]" in headers["argsrepr"]
+    assert len(headers["kwargsrepr"]) <= 1024
+    assert message.payload[1] == secrets  # the task still gets the real values

@@ -9,8 +9,9 @@ outage handlers see what they always see. On other drivers (SQLite) the Core sta
 
 A `relaxed` statement (a job's `started` write, its progress) commits without waiting for
 PostgreSQL to flush it to disk (`synchronous_commit = off` for that statement alone). Only a
-crash of PostgreSQL itself can lose it, and only the last few hundred milliseconds of such
-writes; the next write that does wait (the job's end) makes it durable too. What that means
+crash of PostgreSQL itself, or a failover to a standby, can lose it, and only the last few
+hundred milliseconds of such writes; the next write that does wait (the job's end) makes it
+durable too. What that means
 for a job is in docs/operations.md.
 """
 

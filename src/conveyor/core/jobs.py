@@ -32,8 +32,6 @@ HEADER_OWNER = "conveyor_owner"
 # A cancel flag outlives any job that could still be running (the longest visibility window).
 CANCEL_FLAG_SECONDS = 7 * 24 * 3600
 MAX_TAG_LENGTH = 100
-# Celery's own bound on the arguments shown in task events (`argsrepr_maxsize`).
-REPR_MAX = 1024
 
 
 @dataclass
@@ -78,7 +76,7 @@ def submit(submission: Submission, *, app: Celery | None = None) -> Job:
         if existing is None:
             raise
         return existing
-    _publish(app, prepared, job)
+    _publish(app, prepared)
     return job
 
 
@@ -113,7 +111,7 @@ def submit_many(submissions: Sequence[Submission], *, app: Celery | None = None)
         with app.producer_or_acquire() as producer:
             for position, ((index, prepared), job) in enumerate(zip(batch, jobs, strict=True)):
                 try:
-                    _publish(app, prepared, job, producer=producer)
+                    _publish(app, prepared, producer=producer)
                 except Exception as exc:
                     _not_published([later for _, later in batch[position + 1 :]], exc)
                     raise
@@ -176,17 +174,17 @@ def _prepare(submission: Submission, app: Celery) -> _Prepared | Job:
     return _Prepared(new, headers, claim, submission.countdown)
 
 
-def _publish(app: Celery, prepared: _Prepared, job: Job, *, producer: Any = None) -> None:
+def _publish(app: Celery, prepared: _Prepared, *, producer: Any = None) -> None:
     new = prepared.new
     try:
         app.send_task(
             new.name,
             args=list(new.args),
             kwargs=dict(new.kwargs or {}),
-            # What Flower and task events show of the arguments: the ledger's masked copy
-            # (secrets hidden), instead of Celery's repr of the real ones.
-            argsrepr=_shown(job.args),
-            kwargsrepr=_shown(job.kwargs),
+            # Shown in task events and Flower: written masked by the before_task_publish hook
+            # (redaction.mask_shown_arguments); given here so Celery skips its own repr.
+            argsrepr="",
+            kwargsrepr="",
             task_id=new.id,
             queue=new.queue,
             countdown=prepared.countdown,
@@ -200,11 +198,6 @@ def _publish(app: Celery, prepared: _Prepared, job: Job, *, producer: Any = None
     except Exception as exc:
         _not_published([prepared], exc)
         raise
-
-
-def _shown(masked: Any) -> str:
-    text = repr(masked)
-    return text if len(text) <= REPR_MAX else text[: REPR_MAX - 3] + "..."
 
 
 def _not_published(refused: list[_Prepared], exc: Exception) -> None:

@@ -54,3 +54,23 @@ def safe_url(url: str) -> str:
     credentials, _, host = rest.rpartition("@")
     user, has_password, _ = credentials.partition(":")
     return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
+# Celery's own bound on the arguments shown in task events (`argsrepr_maxsize`).
+SHOWN_MAX = 1024
+
+
+def shown(value: Any) -> str:
+    """How a message's arguments appear in task events and Flower: masked, then bounded."""
+    text = repr(redact(value))
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
+
+
+def mask_shown_arguments(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """before_task_publish: every message (a submit, a retry, a wait, a reconciler's
+    republish, a plain `.delay()`) shows its arguments masked, never the secrets in them."""
+    if headers is None or not isinstance(body, list | tuple) or len(body) != 3:
+        return  # not a protocol 2 message
+    args, kwargs, _embed = body
+    headers["argsrepr"] = shown(list(args) if isinstance(args, list | tuple) else args)
+    headers["kwargsrepr"] = shown(kwargs)

@@ -103,11 +103,19 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from conveyor.core import brokers, heartbeat, job_stats, task_metrics, worker_queues
+    from conveyor.core import (
+        brokers,
+        heartbeat,
+        job_stats,
+        redaction,
+        task_metrics,
+        worker_queues,
+    )
 
     signals.worker_process_init.connect(_reset_process_state, weak=False)
     signals.before_task_publish.connect(task_metrics.stamp_enqueue_time, weak=False)
     signals.before_task_publish.connect(_record_published, weak=False)
+    signals.before_task_publish.connect(redaction.mask_shown_arguments, weak=False)
     signals.task_prerun.connect(task_metrics.task_started, weak=False)
     signals.task_postrun.connect(task_metrics.task_finished, weak=False)
     signals.worker_process_shutdown.connect(task_metrics.process_exiting, weak=False)
