@@ -13,8 +13,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from conveyor.core import db, driver_sql, ledger
-from conveyor.core.models import Base, Job
+from conveyor.core import db, driver_sql, ledger, outcome_listeners
+from conveyor.core.models import Base, Job, WebhookEndpoint
+from conveyor.webhooks.listener import has_endpoints
 from tests.integration.conftest import PG_ADMIN_URL, fresh_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,27 @@ def engine() -> Iterator[Engine]:
             yield built
         finally:
             built.dispose()
+
+
+@pytest.fixture
+def webhooks_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the webhooks listener, as in a worker: it wants owners with an endpoint."""
+
+    def listener(job: dict[str, Any], session: Any) -> None:
+        pass
+
+    monkeypatch.setattr(outcome_listeners, "_listeners", [listener])
+    monkeypatch.setattr(outcome_listeners, "_wanted", {listener: has_endpoints})
+    monkeypatch.setattr(outcome_listeners, "_version", outcome_listeners.version() + 1000)
+
+
+def _endpoint(engine: Engine, owner: str) -> None:
+    with Session(engine) as session, session.begin():
+        session.add(
+            WebhookEndpoint(
+                id=uuid.uuid4().hex, owner=owner, url="https://example.com/hook", secret="s"
+            )
+        )
 
 
 def _new(engine: Engine, owner: str | None = None) -> str:
@@ -65,14 +87,14 @@ def _through_core(monkeypatch: pytest.MonkeyPatch) -> None:
     assert real is not core
 
 
-def _lifecycle(engine: Engine, result: Any, owner: str | None, told: bool) -> list[Any]:
+def _lifecycle(engine: Engine, result: Any, owner: str | None) -> list[Any]:
     job_id = _new(engine, owner)
     with engine.connect() as connection:
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
         started = ledger.start_attempt(connection, job_id, worker_host="host-a")
         again = ledger.start_attempt(connection, job_id, worker_host="host-b")
-        finished = ledger.finish_success(connection, job_id, result, told=told)
-        late = ledger.finish_success(connection, job_id, "late", told=told)
+        finished = ledger.finish_success(connection, job_id, result)
+        late = ledger.finish_success(connection, job_id, "late")
     with Session(engine) as session:
         stored = session.scalars(select(Job).where(Job.id == job_id)).one()
         kept = (stored.state, stored.result, stored.attempts, stored.events_pending, stored.payload)
@@ -87,15 +109,20 @@ def _lifecycle(engine: Engine, result: Any, owner: str | None, told: bool) -> li
 
 
 @pytest.mark.parametrize("result", [None, {"rows": 3, "name": "ü"}, [1, "two"], "text", 7])
-@pytest.mark.parametrize(("owner", "told"), [(None, False), ("alice", False), ("alice", True)])
+@pytest.mark.parametrize("owner", [None, "alice", "bob"])
 def test_driver_rows_are_the_rows_core_returns(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, result: Any, owner: str | None, told: bool
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    webhooks_listen: None,
+    result: Any,
+    owner: str | None,
 ) -> None:
-    on_driver = _lifecycle(engine, result, owner, told)
+    _endpoint(engine, "alice")  # bob has none: nobody listens for his jobs
+    on_driver = _lifecycle(engine, result, owner)
     _through_core(monkeypatch)
-    on_core = _lifecycle(engine, result, owner, told)
+    on_core = _lifecycle(engine, result, owner)
     assert on_driver == on_core
-    assert on_driver[-1] == ("succeeded", result, 2, owner is not None and not told, None)
+    assert on_driver[-1] == ("succeeded", result, 2, owner == "alice", None)
 
 
 def test_a_dropped_connection_is_invalidated_and_the_write_retried(engine: Engine) -> None:
@@ -147,9 +174,10 @@ def test_progress_rows_are_the_rows_core_returns(
     assert on_driver == _progress(engine) == [(3, 10, "m" * 500), (4, None, None)]
 
 
-def test_statements_run_in_the_ledger_schema() -> None:
+def test_statements_run_in_the_ledger_schema(webhooks_listen: None) -> None:
     """CONVEYOR_DATABASE_SCHEMA: the plain SQL names the engine's schema, as Core would; a
-    same-named table in the default schema is left untouched."""
+    same-named table in the default schema is left untouched, and the endpoints looked for
+    are the schema's too."""
     with fresh_postgres_database("conveyor_driver_schema") as url:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute("CREATE SCHEMA tenant")
@@ -160,13 +188,17 @@ def test_statements_run_in_the_ledger_schema() -> None:
         try:
             Base.metadata.create_all(built)
             Base.metadata.create_all(plain)  # a decoy in public
-            job_id = _new(built)
+            job_id = _new(built, owner="alice")
+            _endpoint(built, "alice")
+            _endpoint(plain, "bob")
             with psycopg.connect(url, autocommit=True) as check:
                 check.execute("INSERT INTO public.conveyor_jobs SELECT * FROM tenant.conveyor_jobs")
             with built.connect() as connection:
                 connection = connection.execution_options(isolation_level="AUTOCOMMIT")
                 assert ledger.start_attempt(connection, job_id, worker_host="h") is not None
-                assert ledger.finish_success(connection, job_id, 5, told=True) is not None
+                ended = ledger.finish_success(connection, job_id, 5)
+            assert ended is not None
+            assert ended["events_pending"] is True  # alice's endpoint, in tenant
             with psycopg.connect(url) as check:
                 states = check.execute(
                     "SELECT (SELECT state FROM tenant.conveyor_jobs WHERE id = %s),"

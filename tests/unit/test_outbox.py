@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, update
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from conveyor.core import db, ledger, outcomes
-from conveyor.core.db import retry_on_disconnect, session_scope
+from conveyor.core import db, ledger, outcome_listeners, outcomes
+from conveyor.core.db import autocommit, retry_on_disconnect, session_scope
 from conveyor.core.ledger import NewJob
-from conveyor.core.models import Base, Job, JobState, utcnow
+from conveyor.core.models import Base, Job, JobState, WebhookEndpoint, utcnow
 from conveyor.core.reconcile import _message_id
+from conveyor.webhooks.listener import has_endpoints
 
 
 @pytest.fixture
@@ -31,6 +32,17 @@ def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     db.dispose_all()
 
 
+def listening(
+    monkeypatch: pytest.MonkeyPatch,
+    *listeners: outcome_listeners.Listener,
+    wanted: outcome_listeners.Wanted | None = None,
+) -> None:
+    """These listeners in place of the process's own (the webhooks one, once imported)."""
+    monkeypatch.setattr(outcome_listeners, "_listeners", list(listeners))
+    monkeypatch.setattr(outcome_listeners, "_wanted", dict.fromkeys(listeners, wanted))
+    monkeypatch.setattr(outcome_listeners, "_version", outcome_listeners.version() + 1000)
+
+
 @pytest.fixture
 def told(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """A listener that records what it is told, in place of the webhooks one."""
@@ -39,7 +51,7 @@ def told(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     def listener(job: dict[str, Any], session: Session) -> None:
         heard.append(job)
 
-    monkeypatch.setattr(outcomes, "_listeners", [listener])
+    listening(monkeypatch, listener)
     return heard
 
 
@@ -83,7 +95,9 @@ def test_only_jobs_published_right_away_keep_their_arguments(ledger_db: None) ->
 
 
 @pytest.mark.parametrize("state", [JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED])
-def test_the_ending_statement_flags_an_owned_jobs_outcome(ledger_db: None, state: str) -> None:
+def test_the_ending_statement_flags_an_owned_jobs_outcome(
+    ledger_db: None, told: list[dict[str, Any]], state: str
+) -> None:
     record("owned")
     record("anonymous", owner=None)
     with session_scope() as session:
@@ -121,11 +135,11 @@ def test_a_failing_listener_leaves_the_outcome_to_the_sweep(
     def broken(job: dict[str, Any], session: Session) -> None:
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(outcomes, "_listeners", [broken])
+    listening(monkeypatch, broken)
     outcomes.emit({"id": "j1", "owner": "alice"})  # logged, not raised: the job still ended
     assert stored("j1").events_pending is True
 
-    monkeypatch.setattr(outcomes, "_listeners", [lambda job, session: told.append(job)])
+    listening(monkeypatch, lambda job, session: told.append(job))
     assert outcomes.dispatch_pending() == 0  # too fresh: its worker may be telling it now
     with session_scope() as session:
         session.execute(
@@ -136,45 +150,44 @@ def test_a_failing_listener_leaves_the_outcome_to_the_sweep(
     assert [job["id"] for job in told] == ["j1"]
 
 
-def _succeed(connection: Connection, told: bool) -> Mapping[str, Any] | None:
-    return ledger.finish_success(connection, "j1", {"ok": True}, told=told)
+def _endpoint(owner: str) -> None:
+    with session_scope() as session:
+        session.add(WebhookEndpoint(id=owner, owner=owner, url="https://example.com/", secret="s"))
 
 
-def test_an_ending_told_in_its_own_transaction_leaves_no_flag(
-    ledger_db: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    record("j1")
-    seen: list[tuple[str, str]] = []
-
-    def listener(job: dict[str, Any], session: Session) -> None:
-        # The listener's transaction is the ending's: it already sees the job ended.
-        row = session.get(Job, job["id"])
-        assert row is not None
-        seen.append((row.state, job["state"]))
-
-    monkeypatch.setattr(outcomes, "_listeners", [listener])
-    row = outcomes.end_telling(_succeed)
-    assert row is not None
-    assert row["state"] == JobState.SUCCEEDED
-    assert seen == [(JobState.SUCCEEDED, JobState.SUCCEEDED)]
-    assert stored("j1").events_pending is False
-    assert outcomes.end_telling(_succeed) is None  # ended already: nothing told twice
-    assert len(seen) == 1
+def _succeed(job_id: str) -> Mapping[str, Any] | None:
+    with autocommit() as connection:
+        return ledger.finish_success(connection, job_id, {"ok": True})
 
 
-def test_a_listener_failing_in_the_ending_transaction_still_ends_the_job(
+def test_an_ending_flags_only_owners_a_listener_wants(
     ledger_db: None, told: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record("j1")
+    listening(monkeypatch, lambda job, session: told.append(job), wanted=has_endpoints)
+    _endpoint("alice")
+    for job_id, owner in (("a1", "alice"), ("b1", "bob"), ("n1", None)):
+        record(job_id, owner)
+    flags = {job_id: (_succeed(job_id) or {}).get("events_pending") for job_id in ("a1", "b1")}
+    with session_scope() as session:  # the ORM's endings write the same flag
+        ledger.mark_cancelled(session, "n1")
+    assert flags == {"a1": True, "b1": False}
+    assert stored("n1").events_pending is False
+    outcomes.emit({"id": "a1", "owner": "alice"})
+    outcomes.emit({"id": "b1", "owner": "bob"})  # not flagged: nothing to claim
+    assert [job["id"] for job in told] == ["a1"]
 
-    def broken(job: dict[str, Any], session: Session) -> None:
-        raise ValueError("the listener is broken")
 
-    monkeypatch.setattr(outcomes, "_listeners", [broken])
-    row = outcomes.end_telling(_succeed)
-    assert row is not None
-    job = stored("j1")
-    assert (job.state, job.result, job.events_pending) == (JobState.SUCCEEDED, {"ok": True}, True)
+def test_a_listener_registered_later_changes_what_the_next_ending_flags(
+    ledger_db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listening(monkeypatch)  # no listener here: every owned job is flagged for the sweep
+    record("b1", "bob")
+    record("b2", "bob")
+    assert (_succeed("b1") or {}).get("events_pending") is True
+    monkeypatch.setattr(outcome_listeners, "_listeners", [])
+    monkeypatch.setattr(outcome_listeners, "_wanted", {})
+    outcome_listeners.on_job_outcome(lambda job, session: None, wanted=has_endpoints)
+    assert (_succeed("b2") or {}).get("events_pending") is False
 
 
 def test_a_write_that_lost_its_connection_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:

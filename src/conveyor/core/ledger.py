@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
+from conveyor.core import outcome_listeners
 from conveyor.core.driver_sql import DriverStatement
 from conveyor.core.models import TERMINAL_STATES, Job, JobAttempt, JobState, JobTag, utcnow
 from conveyor.core.redaction import redact
@@ -206,10 +208,10 @@ def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | No
 
 def _when_ending(values: dict[str, Any], owner: Any) -> None:
     """A job that ends forgets its arguments and, in the same statement, flags its outcome
-    events as pending (the outbox): only owned jobs have anyone to tell."""
+    events as pending (the outbox): only owned jobs a listener wants have anyone to tell."""
     if values.get("state") in TERMINAL_STATES:
         values["payload"] = None
-        values["events_pending"] = owner.is_not(None)
+        values["events_pending"] = outcome_listeners.pending_when(owner)
 
 
 def _transition(
@@ -260,15 +262,12 @@ _INSERT_ONE = DriverStatement(_INSERT_JOB, per_call=tuple(column.key for column 
 _INSERT_TAGS = insert(cast(Table, JobTag.__table__))
 
 
-def _prebuilt(allowed: tuple[str, ...], *, told: bool = False, **values: Any) -> Update:
+def _prebuilt(allowed: tuple[str, ...], **values: Any) -> Update:
     """An UPDATE … RETURNING built once, for the transitions every job makes: only its
     parameters change (job_id, now, and those named in `values`), so SQLAlchemy neither
-    rebuilds it nor computes its cache key again per job. `told`: an ending whose outcome is
-    told in the same transaction (outcomes.end_telling), so the outbox flag stays clear."""
+    rebuilds it nor computes its cache key again per job."""
     values.setdefault("updated_at", bindparam("now", type_=JOBS.c.updated_at.type))
     _when_ending(values, JOBS.c.owner)
-    if told:
-        values["events_pending"] = False
     # The allowed states are our own constants: written into the SQL, not expanded per call.
     states = ", ".join(f"'{JobState(state).value}'" for state in allowed)
     return (
@@ -322,20 +321,19 @@ _SUCCESS_PARAMETERS = {
     "result": bindparam("result", type_=JOBS.c.result.type),
     "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
 }
-_FINISH_SUCCESS = {
-    told: DriverStatement(
-        _prebuilt(ACTIVE_STATES, told=told, **_SUCCESS_PARAMETERS),
-        per_call=("job_id", "now", "result"),
+
+
+@lru_cache(maxsize=4)
+def _finish_success(listeners_version: int) -> DriverStatement:
+    """Built again when a listener registers: its outbox flag names what they want."""
+    return DriverStatement(
+        _prebuilt(ACTIVE_STATES, **_SUCCESS_PARAMETERS), per_call=("job_id", "now", "result")
     )
-    for told in (False, True)
-}
 
 
-def finish_success(
-    connection: Connection, job_id: str, result: Any, *, told: bool = False
-) -> dict[str, Any] | None:
-    """The job succeeded; `told` when its outcome needs no outbox flag (see _prebuilt)."""
-    statement = _FINISH_SUCCESS[told]
+def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
+    """The job succeeded. The row's `events_pending` says whether anyone is to be told."""
+    statement = _finish_success(outcome_listeners.version())
     return _run_prebuilt(connection, statement, job_id, result=summarize_result(result))
 
 

@@ -1,73 +1,28 @@
 """Listeners for job outcomes (succeeded, failed, dead, cancelled), fed by an outbox.
 
-The statement that ends a job also sets its `events_pending` flag (ledger.py). Emitting
-claims the flag and runs the listeners (webhooks) in one transaction, so each outcome is told
-exactly once: a listener that fails rolls the claim back, and the sweep run by Beat
-(`dispatch_pending`) tries again. A listener never changes the job's outcome.
+The statement that ends a job also sets its `events_pending` flag (ledger.py), only for an
+owned job some listener wants (outcome_listeners.py). Emitting claims the flag and runs the
+listeners (webhooks) in one transaction, so each outcome is told exactly once: a listener
+that fails rolls the claim back, and the sweep run by Beat (`dispatch_pending`) tries again.
+A listener never changes the job's outcome.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
-from conveyor.core import ledger
-from conveyor.core.db import autocommit, session_scope
+from conveyor.core import ledger, outcome_listeners
+from conveyor.core.db import session_scope
 from conveyor.core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
-# listener(job, session): `job` is the ledger's job dict plus its `owner`; what the listener
-# writes through `session` commits with the claim.
-Listener = Callable[[dict[str, Any], Session], None]
-_listeners: list[Listener] = []
 # The sweep leaves alone outcomes younger than this: their worker is telling them right now.
 SWEEP_AFTER = timedelta(seconds=5)
-
-
-def on_job_outcome(listener: Listener) -> Listener:
-    if listener not in _listeners:
-        _listeners.append(listener)
-    return listener
-
-
-def has_listeners() -> bool:
-    return bool(_listeners)
-
-
-class _ListenerFailed(Exception):
-    pass
-
-
-# end(connection, told): the statement that ends a job, returning its row (None: nothing
-# ended). `told` asks it to leave the outbox flag clear.
-Ending = Callable[[Connection, bool], Mapping[str, Any] | None]
-
-
-def end_telling(end: Ending) -> Mapping[str, Any] | None:
-    """End a job and tell the listeners in one transaction: one commit for both, no outbox
-    round trip. When a listener fails, all of it is rolled back and the job is ended alone,
-    its outbox flag set, for the sweep: a listener never changes the job's outcome."""
-    try:
-        with session_scope() as session:
-            row = end(session.connection(), True)
-            if row is not None and row["owner"] is not None:
-                job = {**ledger.job_to_dict(row), "owner": row["owner"]}
-                for listener in list(_listeners):
-                    try:
-                        listener(job, session)
-                    except Exception as exc:
-                        raise _ListenerFailed(exc) from exc
-            return row
-    except _ListenerFailed as failed:
-        log.warning("outcome events left for the sweep: %s", failed)
-    with autocommit() as connection:
-        return end(connection, False)
 
 
 def dispatch(job_id: str) -> bool:
@@ -83,7 +38,7 @@ def dispatch(job_id: str) -> bool:
         if claimed is None:
             return False
         job = {**ledger.job_to_dict(claimed), "owner": claimed.owner}
-        for listener in list(_listeners):
+        for listener in outcome_listeners.listeners():
             listener(job, session)
     return True
 
@@ -92,7 +47,7 @@ def emit(job: dict[str, Any]) -> None:
     """Right after a job ended: tell its outcome now, or leave it to the sweep."""
     if job.get("owner") is None:
         return  # nobody to tell: the ending statement set no flag
-    if not _listeners:
+    if not outcome_listeners.has_listeners():
         return  # nobody listens in this process: the sweep tells them where they do
     try:
         dispatch(str(job["id"]))

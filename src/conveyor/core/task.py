@@ -6,13 +6,12 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Mapping
 from typing import Any, ClassVar, NoReturn
 
 from celery import Task, states
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from redis.exceptions import RedisError
-from sqlalchemy import Connection, case, literal, update
+from sqlalchemy import case, literal, update
 from sqlalchemy.orm import Session
 
 from conveyor.core import brokers, dead_letters, ledger, locks, outcomes, rate_limit, unique
@@ -459,17 +458,9 @@ class ConveyorTask(Task[..., Any]):
         if not self.track:
             return
 
-        # An owner's outcome is told in the ending's own transaction (outcomes.end_telling).
-        telling = bool(getattr(self.request, HEADER_OWNER, None)) and outcomes.has_listeners()
-
-        def end(connection: Connection, told: bool) -> dict[str, Any] | None:
-            return ledger.finish_success(connection, task_id, retval, told=told)
-
-        def finish() -> Mapping[str, Any] | None:
-            if telling:
-                return outcomes.end_telling(end)
+        def finish() -> dict[str, Any] | None:
             with autocommit() as connection:
-                return end(connection, not outcomes.has_listeners())
+                return ledger.finish_success(connection, task_id, retval)
 
         # The message is acknowledged after this: a lost write would leave the job started.
         try:
@@ -480,7 +471,8 @@ class ConveyorTask(Task[..., Any]):
         if row is not None and row["parent_id"] is None:
             if someone_watching():
                 publish_job(ledger.job_to_dict(row))
-            if not telling:
+            if row["events_pending"]:
+                # Someone listens for this owner's outcomes (outcome_listeners.py).
                 outcomes.emit({"id": task_id, "owner": row["owner"]})
         elif row is not None:
             with session_scope() as session:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import ColumnElement, exists
 from sqlalchemy.orm import Session
 
-from conveyor.core.outcomes import on_job_outcome
+from conveyor.core.models import WebhookEndpoint
+from conveyor.core.outcome_listeners import on_job_outcome
 from conveyor.webhooks import service
 
 OUTCOME_EVENTS = {
@@ -49,4 +51,10 @@ def on_outcome(job: dict[str, Any], session: Session) -> None:
     service.emit_event(session, owner, event_type, job_event_data(job))
 
 
-on_job_outcome(on_outcome)
+def has_endpoints(owner: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Owners with an endpoint, enabled or not (a disabled one holds its deliveries): the
+    statement that ends a job flags its outcome for them only."""
+    return exists().where(WebhookEndpoint.owner == owner)
+
+
+on_job_outcome(on_outcome, wanted=has_endpoints)
