@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.core import db, driver_sql, ledger, outcome_listeners
 from conveyor.core.models import Base, Job, WebhookEndpoint
+from conveyor.core.progress import Progress
 from conveyor.webhooks.listener import has_endpoints
 from tests.integration.conftest import PG_ADMIN_URL, fresh_postgres_database
 
@@ -172,6 +173,30 @@ def test_progress_rows_are_the_rows_core_returns(
     on_driver = _progress(engine)
     _through_core(monkeypatch)
     assert on_driver == _progress(engine) == [(3, 10, "m" * 500), (4, None, None)]
+
+
+def _ending_with_progress(engine: Engine) -> list[Any]:
+    carried, kept = _new(engine), _new(engine)
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for job_id in (carried, kept):
+            ledger.start_attempt(connection, job_id, worker_host="h")
+            ledger.record_progress(connection, job_id, 1, 4, "written")
+        rows = [
+            ledger.finish_success(connection, carried, 1, Progress(4, None, "ü" * 600)),
+            ledger.finish_success(connection, kept, 1),
+        ]
+    columns = ("state", "progress_current", "progress_total", "progress_message")
+    return [tuple(row[column] for column in columns) for row in rows if row]
+
+
+def test_an_ending_writes_the_progress_it_carries_and_keeps_the_written_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_driver = _ending_with_progress(engine)
+    _through_core(monkeypatch)
+    assert on_driver == _ending_with_progress(engine)
+    assert on_driver == [("succeeded", 4, None, "ü" * 500), ("succeeded", 1, 4, "written")]
 
 
 def test_statements_run_in_the_ledger_schema(webhooks_listen: None) -> None:

@@ -213,9 +213,11 @@ def test_server_sent_events_stream_progress(stack: Stack, admin: httpx.Client) -
     names = [name for name, _ in events]
     assert names[-1] == "succeeded"
     progress = [data["progress"]["current"] for name, data in events if name == "progress"]  # type: ignore[index]
+    # Reports are written at most once per CONVEYOR_PROGRESS_INTERVAL (0.25 s), the latest
+    # each time: some of the four are seen while it runs, and the ending carries the last.
     assert progress == sorted(progress)
-    assert {1, 2, 3, 4} <= set(progress) | {events[-1][1]["progress"]["current"]}  # type: ignore[index]
     assert any(0 < value < 4 for value in progress)
+    assert events[-1][1]["progress"]["current"] == 4  # type: ignore[index]
 
 
 def test_unauthenticated_and_unknown(stack: Stack) -> None:

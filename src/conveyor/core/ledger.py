@@ -17,10 +17,12 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     Table,
     and_,
     bindparam,
+    case,
     func,
     insert,
     or_,
@@ -35,6 +37,7 @@ from sqlalchemy.sql.dml import Update
 from conveyor.core import outcome_listeners
 from conveyor.core.driver_sql import DriverStatement
 from conveyor.core.models import TERMINAL_STATES, Job, JobAttempt, JobState, JobTag, utcnow
+from conveyor.core.progress import Progress
 from conveyor.core.redaction import redact
 
 MAX_RESULT_BYTES = 16_384
@@ -316,25 +319,53 @@ def _success_values(result: Any) -> dict[str, Any]:
     }
 
 
+def _unless_carried(column: str, parameter: str) -> Any:
+    """A progress column the ending sets only when it carries the job's unwritten progress."""
+    carried = bindparam("has_progress", type_=Boolean())
+    value = bindparam(parameter, type_=JOBS.c[column].type)
+    return case((carried, value), else_=JOBS.c[column])
+
+
 _SUCCESS_PARAMETERS = {
     **_success_values(None),
     "result": bindparam("result", type_=JOBS.c.result.type),
     "finished_at": bindparam("now", type_=JOBS.c.finished_at.type),
+    "progress_current": _unless_carried("progress_current", "current"),
+    "progress_total": _unless_carried("progress_total", "total"),
+    "progress_message": _unless_carried("progress_message", "message"),
 }
+_PROGRESS_PARAMETERS = ("has_progress", "current", "total", "message")
 
 
 @lru_cache(maxsize=4)
 def _finish_success(listeners_version: int) -> DriverStatement:
     """Built again when a listener registers: its outbox flag names what they want."""
     return DriverStatement(
-        _prebuilt(ACTIVE_STATES, **_SUCCESS_PARAMETERS), per_call=("job_id", "now", "result")
+        _prebuilt(ACTIVE_STATES, **_SUCCESS_PARAMETERS),
+        per_call=("job_id", "now", "result", *_PROGRESS_PARAMETERS),
     )
 
 
-def finish_success(connection: Connection, job_id: str, result: Any) -> dict[str, Any] | None:
-    """The job succeeded. The row's `events_pending` says whether anyone is to be told."""
+def finish_success(
+    connection: Connection, job_id: str, result: Any, progress: Progress | None = None
+) -> dict[str, Any] | None:
+    """The job succeeded, with its last `progress` if it was not written yet (progress.py).
+    The row's `events_pending` says whether anyone is to be told."""
     statement = _finish_success(outcome_listeners.version())
-    return _run_prebuilt(connection, statement, job_id, result=summarize_result(result))
+    return _run_prebuilt(
+        connection,
+        statement,
+        job_id,
+        result=summarize_result(result),
+        has_progress=progress is not None,
+        current=progress.current if progress else None,
+        total=progress.total if progress else None,
+        message=_message(progress.message) if progress else None,
+    )
+
+
+def _message(message: str | None) -> str | None:
+    return (message or None) and message[:500]
 
 
 _RECORD_PROGRESS = DriverStatement(
@@ -359,7 +390,7 @@ def record_progress(
         job_id,
         current=current,
         total=total,
-        message=(message or None) and message[:500],
+        message=_message(message),
     )
 
 
@@ -372,7 +403,7 @@ def mark_progress(
         (JobState.STARTED,),
         progress_current=current,
         progress_total=total,
-        progress_message=(message or None) and message[:500],
+        progress_message=_message(message),
     )
 
 

@@ -151,6 +151,15 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds between a worker's sweeps for messages a dead worker held.",
     )
+    progress_interval: float = Field(
+        default=0.25,
+        ge=0,
+        le=60,
+        description=(
+            "Seconds a job's progress report may wait to be written, at most once per job in "
+            "that time (a job never waits for it); 0 = write each report at once."
+        ),
+    )
     result_expires: int = Field(
         default=86_400,
         ge=60,

@@ -48,6 +48,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "task_time_limit",
         "visibility_timeout",
         "unacked_restore_interval",
+        "progress_interval",
         "result_expires",
         "worker_concurrency",
         "worker_prefetch_multiplier",

@@ -22,10 +22,24 @@ from conveyor.core.events import publish_job, someone_watching
 from conveyor.core.jobs import HEADER_OWNER, HEADER_RECORDED
 from conveyor.core.metrics import rate_limit_delays
 from conveyor.core.models import TERMINAL_STATES, Job, JobState, utcnow
+from conveyor.core.progress import Progress, ProgressWriter
 from conveyor.core.redis_client import cancel_key, get_redis
 from conveyor.core.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+def _write_progress(job_id: str, progress: Progress) -> None:
+    with autocommit() as connection:
+        row = ledger.record_progress(
+            connection, job_id, progress.current, progress.total, progress.message
+        )
+    if row is not None and someone_watching():
+        publish_job(ledger.job_to_dict(row))
+
+
+# Jobs' progress, written behind them (progress.py).
+progress_writer = ProgressWriter(_write_progress, lambda: get_settings().progress_interval)
 
 # Redeliveries beyond the retry budget: a message that keeps killing its worker (a
 # segfault, an OOM kill) must end as a dead letter instead of looping forever.
@@ -141,10 +155,18 @@ class ConveyorTask(Task[..., Any]):
             raise JobCancelled(job_id)
         if not self.track:
             return
-        with autocommit() as connection:
-            row = ledger.record_progress(connection, job_id, current, total, message)
-        if row is not None and someone_watching():
-            publish_job(ledger.job_to_dict(row))
+        # Written behind the job, within CONVEYOR_PROGRESS_INTERVAL (progress.py).
+        progress_writer.report(job_id, Progress(current, total, message or None))
+
+    def _flush_progress(self) -> None:
+        """Before any other write about the job: its progress lands first, never after."""
+        job_id = self.request.id
+        if not self.track or job_id is None:
+            return
+        try:
+            progress_writer.flush(job_id)
+        except Exception as exc:  # the write that follows matters more than the progress
+            log.warning("job %s: progress not written: %s", job_id, exc)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -171,11 +193,14 @@ class ConveyorTask(Task[..., Any]):
                 return None
             return self.run(*args, **kwargs)
         except (Retry, Ignore, Reject):
+            self._flush_progress()
             raise
         except JobCancelled:
+            self._flush_progress()
             self._finish_cancelled()
             return None
         except Exception as exc:
+            self._flush_progress()
             kind = self.classify(exc)
             if kind is ErrorKind.TRANSIENT and request.retries < self.max_retry_count():
                 try:
@@ -422,6 +447,7 @@ class ConveyorTask(Task[..., Any]):
         job_id = self.request.id
         if not self.track or job_id is None:
             return
+        self._flush_progress()  # the wait's reason is the newer message
         extra: dict[str, Any] = {}
         if refund_attempt:
             extra["attempts"] = case((Job.attempts > 0, Job.attempts - 1), else_=Job.attempts)
@@ -458,9 +484,12 @@ class ConveyorTask(Task[..., Any]):
         if not self.track:
             return
 
+        # Its progress not written yet is written by the ending itself.
+        progress = progress_writer.take(task_id)
+
         def finish() -> dict[str, Any] | None:
             with autocommit() as connection:
-                return ledger.finish_success(connection, task_id, retval)
+                return ledger.finish_success(connection, task_id, retval, progress)
 
         # The message is acknowledged after this: a lost write would leave the job started.
         try:
