@@ -48,6 +48,8 @@ EXTRA_DELIVERIES = 3
 SESSION_ATTRIBUTE = "conveyor_session"
 # Read by the metrics signal handlers (task_metrics) to count a run as cancelled.
 CANCELLED_ATTRIBUTE = "conveyor_cancelled"
+# When this delivery last knew it was not cancelled (its start, or a look at the cancel flag).
+CANCEL_CHECKED_ATTRIBUTE = "conveyor_cancel_checked"
 
 # Headers of a job re-published to wait for a lock or a rate limit: why it waits (the ledger
 # is written only when the reason changes) and the rate-limit slot it booked.
@@ -151,12 +153,22 @@ class ConveyorTask(Task[..., Any]):
         job_id = self.request.id
         if job_id is None:
             return
-        if get_redis().exists(cancel_key(job_id)):
-            raise JobCancelled(job_id)
+        self._check_cancelled(job_id)
         if not self.track:
             return
         # Written behind the job, within CONVEYOR_PROGRESS_INTERVAL (progress.py).
         progress_writer.report(job_id, Progress(current, total, message or None))
+
+    def _check_cancelled(self, job_id: str) -> None:
+        """At most once per CONVEYOR_PROGRESS_INTERVAL: a job reporting on every item of a
+        long list does not ask Redis every time; a cancel stops it within the interval."""
+        now = time.monotonic()
+        checked = getattr(self.request, CANCEL_CHECKED_ATTRIBUTE, None)
+        if checked is not None and now - checked < get_settings().progress_interval:
+            return
+        if get_redis().exists(cancel_key(job_id)):
+            raise JobCancelled(job_id)
+        setattr(self.request, CANCEL_CHECKED_ATTRIBUTE, now)
 
     def _flush_progress(self) -> None:
         """Before any other write about the job: its progress lands first, never after."""
@@ -232,6 +244,9 @@ class ConveyorTask(Task[..., Any]):
                 log.info("job %s is cancelled or finished; skipping delivery", self.request.id)
                 self._release_unique(self.request.id)
                 return False
+        # A cancel marks the ledger row before it sets the flag: a job that started was not
+        # cancelled then, so its first look at the flag can wait for the interval.
+        setattr(self.request, CANCEL_CHECKED_ATTRIBUTE, time.monotonic())
         publish_job(snapshot)
         if snapshot["attempts"] <= self.max_retry_count() + 1 + EXTRA_DELIVERIES:
             return True
