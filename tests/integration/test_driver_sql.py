@@ -42,7 +42,6 @@ def webhooks_listen(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(outcome_listeners, "_listeners", [listener])
     monkeypatch.setattr(outcome_listeners, "_wanted", {listener: has_endpoints})
-    monkeypatch.setattr(outcome_listeners, "_version", outcome_listeners.version() + 1000)
 
 
 def _endpoint(engine: Engine, owner: str) -> None:

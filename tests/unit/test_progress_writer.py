@@ -108,16 +108,20 @@ def test_a_failed_write_is_logged_and_the_next_report_is_written(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_process_starts_with_no_pending_progress_and_its_own_thread() -> None:
     recorder = Recorder()
-    writer = ProgressWriter(recorder, lambda: 30.0)
+    interval = [30.0]
+    writer = ProgressWriter(recorder, lambda: interval[0])
     writer.report("parents-job", Progress(1, None, None))  # pending in the parent
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through its own thread, then say what it saw
         try:
             inherited = writer.take("parents-job")
-            writer.report("childs-job", Progress(3, None, None))
-            writer.flush("childs-job")
-            seen = f"{inherited is None}:{[p.current for _, p, _ in recorder.writes]}"
+            interval[0] = 0.05
+            writer.report("childs-job", Progress(3, None, None))  # by the child's own thread
+            recorder.written.wait(5)
+            threads = {thread for _, _, thread in recorder.writes}
+            by_thread = threading.get_ident() not in threads
+            seen = f"{inherited is None}:{[p.current for _, p, _ in recorder.writes]}:{by_thread}"
             os.write(write, seen.encode())
         finally:
             os._exit(0)
@@ -125,5 +129,25 @@ def test_a_forked_process_starts_with_no_pending_progress_and_its_own_thread() -
     with os.fdopen(read) as pipe:
         seen = pipe.read()
     os.waitpid(pid, 0)
-    assert seen == "True:[3]"
+    assert seen == "True:[3]:True"
     assert writer.take("parents-job") == Progress(1, None, None)  # the parent's is its own
+
+
+def test_an_ending_during_the_threads_write_waits_for_it_and_carries_its_progress() -> None:
+    writing = threading.Event()
+    release = threading.Event()
+    written: list[int] = []
+
+    def slow(job_id: str, progress: Progress) -> None:
+        writing.set()
+        release.wait(5)
+        written.append(progress.current)
+
+    writer = ProgressWriter(slow, lambda: 0.01)
+    writer.report("job-1", Progress(4, 4, None))
+    assert writing.wait(5)
+    threading.Timer(0.2, release.set).start()
+    started = time.monotonic()
+    assert writer.take("job-1") == Progress(4, 4, None)  # the ending writes it again: harmless
+    assert time.monotonic() - started >= 0.15  # it waited for the write under way
+    assert written == [4]  # ... which ended before the ending went on

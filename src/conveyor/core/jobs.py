@@ -230,7 +230,8 @@ async def submit_many_async(
 
 
 def cancel(session: Session, job: Job, *, app: Celery | None = None) -> bool:
-    """Cancel a queued or running job. Running tasks stop at their next progress report."""
+    """Cancel a queued or running job. Running tasks stop at their next progress report
+    (looked at most once per CONVEYOR_PROGRESS_INTERVAL, task.py)."""
     if not ledger.mark_cancelled(session, job.id):
         return False
     session.commit()

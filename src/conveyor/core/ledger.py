@@ -338,8 +338,8 @@ _PROGRESS_PARAMETERS = ("has_progress", "current", "total", "message")
 
 
 @lru_cache(maxsize=4)
-def _finish_success(listeners_version: int) -> DriverStatement:
-    """Built again when a listener registers: its outbox flag names what they want."""
+def _finish_success(conditions: tuple[Any, ...]) -> DriverStatement:
+    """Built again when the listeners change: its outbox flag names what they want."""
     return DriverStatement(
         _prebuilt(ACTIVE_STATES, **_SUCCESS_PARAMETERS),
         per_call=("job_id", "now", "result", *_PROGRESS_PARAMETERS),
@@ -351,7 +351,7 @@ def finish_success(
 ) -> dict[str, Any] | None:
     """The job succeeded, with its last `progress` if it was not written yet (progress.py).
     The row's `events_pending` says whether anyone is to be told."""
-    statement = _finish_success(outcome_listeners.version())
+    statement = _finish_success(outcome_listeners.conditions())
     return _run_prebuilt(
         connection,
         statement,

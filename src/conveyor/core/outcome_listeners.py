@@ -11,6 +11,7 @@ Kept apart from outcomes.py so the ledger, which writes the flag, can read it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,19 +23,18 @@ Listener = Callable[[dict[str, Any], Any], None]
 # wanted(owner column): true for the owners this listener may have something to tell.
 Wanted = Callable[[ColumnElement[Any]], ColumnElement[bool]]
 
+log = logging.getLogger(__name__)
 _listeners: list[Listener] = []
 _wanted: dict[Listener, Wanted | None] = {}
-# Bumped on every registration: statements built from the conditions are built again.
-_version = 0
 
 
 def on_job_outcome(listener: Listener, *, wanted: Wanted | None = None) -> Listener:
-    """Tell `listener` every owned job's outcome; `wanted` narrows the owners (module doc)."""
-    global _version
+    """Tell `listener` every owned job's outcome; `wanted` narrows the owners (module doc).
+    `wanted` is put into every job's ending statement: it must be valid SQL on the ledger's
+    database, and cheap (an indexed lookup)."""
     if listener not in _listeners:
         _listeners.append(listener)
         _wanted[listener] = wanted
-        _version += 1
     return listener
 
 
@@ -46,8 +46,10 @@ def has_listeners() -> bool:
     return bool(_listeners)
 
 
-def version() -> int:
-    return _version
+def conditions() -> tuple[Wanted | None, ...]:
+    """What the outbox flag is built from: a statement built from it is built again when
+    this changes."""
+    return tuple(_wanted.get(listener) for listener in _listeners)
 
 
 def pending_when(owner: ColumnElement[Any]) -> ColumnElement[bool]:
@@ -55,8 +57,15 @@ def pending_when(owner: ColumnElement[Any]) -> ColumnElement[bool]:
 
     With no listener in this process, every owned job is flagged: the sweep runs where the
     listeners are. A listener that gave no condition wants every owner."""
-    conditions = [_wanted.get(listener) for listener in _listeners]
-    if not conditions or any(condition is None for condition in conditions):
+    built: list[ColumnElement[bool]] = []
+    for condition in conditions():
+        if condition is None:
+            return owner.is_not(None)
+        try:
+            built.append(condition(owner))
+        except Exception as exc:  # a broken condition must not stop jobs from ending
+            log.warning("an outcome listener's condition failed; flagging every owner: %s", exc)
+            return owner.is_not(None)
+    if not built:
         return owner.is_not(None)
-    wanted = [condition(owner) for condition in conditions if condition is not None]
-    return and_(owner.is_not(None), or_(*wanted))
+    return and_(owner.is_not(None), or_(*built))

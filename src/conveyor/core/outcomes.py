@@ -20,6 +20,8 @@ from conveyor.core.db import session_scope
 from conveyor.core.models import Job, utcnow
 
 log = logging.getLogger(__name__)
+# Where listeners have always registered; kept in outcome_listeners.py, which the ledger reads.
+on_job_outcome = outcome_listeners.on_job_outcome
 
 # The sweep leaves alone outcomes younger than this: their worker is telling them right now.
 SWEEP_AFTER = timedelta(seconds=5)

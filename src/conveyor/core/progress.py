@@ -35,6 +35,8 @@ class Progress:
 
 # write(job_id, progress): the statement, and telling whoever watches.
 Write = Callable[[str, Progress], None]
+# How long an ending waits for the thread's write of the same job to end.
+WRITE_WAIT_SECONDS = 5.0
 
 
 class ProgressWriter:
@@ -44,6 +46,8 @@ class ProgressWriter:
         self._lock = threading.Condition()
         # job id -> (progress, when it is due)
         self._pending: dict[str, tuple[Progress, float]] = {}
+        # job id -> the progress the thread is writing right now
+        self._writing: dict[str, Progress] = {}
         self._thread: threading.Thread | None = None
         forget = weakref.WeakMethod(self._forget)
         os.register_at_fork(after_in_child=lambda: (method := forget()) and method())
@@ -51,20 +55,22 @@ class ProgressWriter:
     def report(self, job_id: str, progress: Progress) -> None:
         """Keep `progress` as the job's latest; written within the interval."""
         interval = self._interval()
-        if interval <= 0:
-            self._write(job_id, progress)
-            return
-        with self._lock:
-            _, due = self._pending.get(job_id, (progress, time.monotonic() + interval))
-            self._pending[job_id] = (progress, due)
-            self._ensure_thread()
-            self._lock.notify()
+        if interval > 0:
+            with self._lock:
+                if self._ensure_thread():
+                    _, due = self._pending.get(job_id, (progress, time.monotonic() + interval))
+                    self._pending[job_id] = (progress, due)
+                    self._lock.notify_all()
+                    return
+        self._write(job_id, progress)
 
     def take(self, job_id: str) -> Progress | None:
-        """The job's unwritten progress, which its caller writes (the job is ending)."""
+        """The job's latest progress not surely written, which its caller writes (the job is
+        ending). A write under way is waited for, so nothing about the job is told after."""
         with self._lock:
+            writing = self._wait_written(job_id)
             entry = self._pending.pop(job_id, None)
-        return entry[0] if entry else None
+        return entry[0] if entry else writing
 
     def flush(self, job_id: str) -> None:
         """Write the job's unwritten progress now: another write about it comes next."""
@@ -72,17 +78,36 @@ class ProgressWriter:
         if progress is not None:
             self._write(job_id, progress)
 
+    def _wait_written(self, job_id: str) -> Progress | None:
+        """With the lock held: wait (a few seconds at most) for the thread's write of this
+        job to end; the progress it was writing, which may not have landed."""
+        writing = self._writing.get(job_id)
+        deadline = time.monotonic() + WRITE_WAIT_SECONDS
+        while job_id in self._writing and time.monotonic() < deadline:
+            self._lock.wait(max(0.0, deadline - time.monotonic()))
+        return writing
+
     def _forget(self) -> None:
         # A forked process (a pool process) inherits neither the thread nor its jobs.
         self._lock = threading.Condition()
         self._pending = {}
+        self._writing = {}
         self._thread = None
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="conveyor-progress", daemon=True)
-        self._thread.start()
+    def _ensure_thread(self) -> bool:
+        """With the lock held: the writing thread is running; False if it cannot be started
+        (the caller writes at once)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            return True
+        thread = threading.Thread(target=self._run, name="conveyor-progress", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the interpreter is shutting down, or out of threads
+            log.warning("progress written at once: no writer thread: %s", exc)
+            return False
+        self._thread = thread
+        return True
 
     def _due(self) -> list[tuple[str, Progress]]:
         """Wait for the earliest due progress; take every one that is due."""
@@ -91,15 +116,23 @@ class ProgressWriter:
                 now = time.monotonic()
                 due = [job_id for job_id, (_, when) in self._pending.items() if when <= now]
                 if due:
-                    return [(job_id, self._pending.pop(job_id)[0]) for job_id in due]
+                    taken = [(job_id, self._pending.pop(job_id)[0]) for job_id in due]
+                    self._writing.update(taken)
+                    return taken
                 earliest = min((when for _, when in self._pending.values()), default=None)
                 self._lock.wait(None if earliest is None else earliest - now)
 
     def _run(self) -> None:
-        me = threading.current_thread()
-        while self._thread is me:
+        while self._thread in (None, threading.current_thread()):
             for job_id, progress in self._due():
                 try:
                     self._write(job_id, progress)
-                except Exception as exc:  # the database may be away: the next report retries
+                except Exception as exc:  # the database may be away: kept for the next try
                     log.warning("job %s: progress not written: %s", job_id, exc)
+                    with self._lock:
+                        retry_at = time.monotonic() + max(self._interval(), 0.1)
+                        self._pending.setdefault(job_id, (progress, retry_at))
+                finally:
+                    with self._lock:
+                        self._writing.pop(job_id, None)
+                        self._lock.notify_all()

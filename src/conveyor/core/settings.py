@@ -157,7 +157,8 @@ class Settings(BaseSettings):
         le=60,
         description=(
             "Seconds a job's progress report may wait to be written, at most once per job in "
-            "that time (a job never waits for it); 0 = write each report at once."
+            "that time (a job never waits for it), and how often a running job looks for a "
+            "cancel; 0 = write each report at once and look every time."
         ),
     )
     result_expires: int = Field(

@@ -175,8 +175,12 @@ class ConveyorTask(Task[..., Any]):
         job_id = self.request.id
         if not self.track or job_id is None:
             return
+        # The run's own session first: its uncommitted writes must not hold the job's row.
+        self._close_session()
         try:
             progress_writer.flush(job_id)
+        except SoftTimeLimitExceeded:
+            raise
         except Exception as exc:  # the write that follows matters more than the progress
             log.warning("job %s: progress not written: %s", job_id, exc)
 
