@@ -131,7 +131,8 @@ def start_up(tour: Tour, command: str) -> None:
         return runtime_file.exists()
 
     wait_for(published, 120, "conveyor up to write its runtime file", interval=0.3)
-    assert "Conveyor is up" in tour.up_log()
+    # The banner is printed right after the runtime file is written.
+    wait_for(lambda: "Conveyor is up" in tour.up_log(), 10, "the banner", interval=0.1)
     tour.api = json.loads(runtime_file.read_text())["api_url"]
 
 
