@@ -162,7 +162,10 @@ def _progress(engine: Engine) -> list[Any]:
             ledger.record_progress(connection, job_id, 4, None, ""),
         ]
     assert early is None  # only a started job reports progress
-    columns = ("progress_current", "progress_total", "progress_message")
+    return _columns(rows, "progress_current", "progress_total", "progress_message")
+
+
+def _columns(rows: list[dict[str, Any] | None], *columns: str) -> list[tuple[Any, ...]]:
     return [tuple(row[column] for column in columns) for row in rows if row]
 
 
@@ -185,8 +188,7 @@ def _ending_with_progress(engine: Engine) -> list[Any]:
             ledger.finish_success(connection, carried, 1, Progress(4, None, "ü" * 600)),
             ledger.finish_success(connection, kept, 1),
         ]
-    columns = ("state", "progress_current", "progress_total", "progress_message")
-    return [tuple(row[column] for column in columns) for row in rows if row]
+    return _columns(rows, "state", "progress_current", "progress_total", "progress_message")
 
 
 def test_an_ending_writes_the_progress_it_carries_and_keeps_the_written_one(
